@@ -1,0 +1,1 @@
+"""Targets that run services: local processes, Slurm jobs, Kubernetes."""

@@ -1,0 +1,102 @@
+"""The contract every target implements: render, submit, refresh, cancel, logs.
+
+A target turns a resolved resource into something that runs (a detached process
+group, a Slurm job, a Kubernetes workload) and reports on it. ``refresh`` and
+``cancel`` take every handle of a stack at once, so a target can answer with one
+query (one ``squeue``, one API list call) whatever the number of services.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ubench_iac.models import TargetConfig
+from ubench_iac.resolve import DesiredResource
+from ubench_iac.status import Observation
+
+Handle = dict[str, Any]
+"""A target's record of one submitted resource; JSON data kept in the state."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """Everything a target needs to start one resource."""
+
+    resource: DesiredResource
+    token: str
+    """Idempotency token: ``ubench:<lineage>:<address>:<spec hash>``."""
+    script: str
+    """The rendered batch script or manifest."""
+    script_path: Path
+    log_path: Path
+
+
+class Target(abc.ABC):
+    """One place services run; subclasses register themselves by ``kind``."""
+
+    kind: ClassVar[str]
+    registry: ClassVar[dict[str, type[Target]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            Target.registry[cls.kind] = cls
+
+    def __init__(self, config: TargetConfig, stack: str, workdir: Path) -> None:
+        self.config = config
+        self.stack = stack
+        self.workdir = workdir
+        """Directory holding each resource's script, log and run directory."""
+
+    def run_dir(self, service: str, index: int) -> Path:
+        """Return the directory of one resource's script, log and data."""
+        return self.workdir / f"{service}-{index}"
+
+    def script_path(self, resource: DesiredResource) -> Path:
+        return resource.run_dir / "job.sh"
+
+    def log_path(self, resource: DesiredResource) -> Path:
+        return resource.run_dir / "service.log"
+
+    @abc.abstractmethod
+    def predict_host(self) -> str | None:
+        """Return the host services will listen on, or None if unknown until run."""
+
+    @abc.abstractmethod
+    def render(self, resource: DesiredResource, token: str) -> str:
+        """Render the script or manifest of one resource: a pure function."""
+
+    @abc.abstractmethod
+    def submit(self, submission: Submission) -> Handle:
+        """Start one resource and return its handle as soon as the target has it."""
+
+    @abc.abstractmethod
+    def refresh(self, handles: Sequence[Handle]) -> list[Observation]:
+        """Observe every handle with one query; the result is in the same order.
+
+        Raises TargetError when the target cannot be asked: a failed query is
+        never reported as services being gone.
+        """
+
+    @abc.abstractmethod
+    def cancel(self, handles: Sequence[Handle]) -> None:
+        """Request every handle to stop; returns without waiting."""
+
+    @abc.abstractmethod
+    def find(self, tokens: Sequence[str]) -> Mapping[str, Handle]:
+        """Return the live handles that carry any of ``tokens``, by token."""
+
+    def check_available(self) -> None:  # noqa: B027
+        """Raise TargetError when the target's tools are missing."""
+
+
+def get_target(config: TargetConfig, stack: str, workdir: Path) -> Target:
+    """Build the target named by ``config.kind``."""
+    # Importing a target's module registers its class.
+    importlib.import_module(f"ubench_iac.targets.{config.kind}")
+    return Target.registry[config.kind](config, stack, workdir)

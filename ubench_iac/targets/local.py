@@ -1,0 +1,238 @@
+"""Local target: each service is a detached process group on this machine.
+
+It runs the same batch script the Slurm target submits, under a small supervisor
+(``ubench_iac.targets.supervisor``) that enforces the time limit and records how
+the service ended. The handle is the supervisor's pid plus its start time from
+``/proc``, so a pid reused by another process is never taken for the service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from loguru import logger
+
+from ubench_iac.errors import TargetError
+from ubench_iac.render import ScriptPaths, env_file_text, render_batch_script
+from ubench_iac.resolve import DesiredResource
+from ubench_iac.status import JobStatus, Observation
+from ubench_iac.targets.base import Handle, Submission, Target
+
+_END_STATUS = {
+    "completed": JobStatus.COMPLETED,
+    "failed": JobStatus.FAILED,
+    "cancelled": JobStatus.CANCELLED,
+    "timeout": JobStatus.TIMEOUT,
+}
+
+
+class LocalTarget(Target):
+    """Run services as processes on the machine that runs ubench."""
+
+    kind = "local"
+
+    def predict_host(self) -> str:
+        return self.config.host or "127.0.0.1"
+
+    def paths(self, resource: DesiredResource) -> ScriptPaths:
+        return ScriptPaths(
+            script=self.script_path(resource),
+            log=self.log_path(resource),
+            env_file=resource.run_dir / "secrets.env",
+        )
+
+    def render(self, resource: DesiredResource, token: str) -> str:
+        return render_batch_script(resource, self.config, token, self.paths(resource))
+
+    def check_runtime(self, resource: DesiredResource) -> None:
+        """Fail early when the runtime a service needs is not installed here."""
+        tool = {"apptainer": "apptainer", "charliecloud": "ch-run"}.get(
+            resource.spec["runtime"]
+        )
+        if tool and shutil.which(tool) is None:
+            raise TargetError(
+                f"{resource.address}: runtime '{resource.spec['runtime']}' needs "
+                f"'{tool}', which is not installed on this machine. Apptainer "
+                "cannot be installed everywhere: use 'runtime: host' to run the "
+                "command directly, or deploy to a cluster that has it"
+            )
+        if resource.spec["resources"]["nodes"] > 1:
+            raise TargetError(
+                f"{resource.address}: the local target has one node, but the "
+                f"service asks for {resource.spec['resources']['nodes']}"
+            )
+
+    def submit(self, submission: Submission) -> Handle:
+        resource = submission.resource
+        self.check_runtime(resource)
+        paths = self.paths(resource)
+        run_dir = resource.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "status.json").unlink(missing_ok=True)
+        _write_private(paths.env_file, env_file_text(resource))
+        _write_private(paths.script, submission.script, mode=0o700)
+
+        argv = [
+            sys.executable,
+            "-m",
+            "ubench_iac.targets.supervisor",
+            "--script",
+            str(paths.script),
+            "--status",
+            str(run_dir / "status.json"),
+            "--time-limit-s",
+            str(resource.spec["resources"]["time_limit_s"] or 0),
+            "--grace-s",
+            str(self.config.kill_wait_s),
+            "--token",
+            submission.token,
+        ]
+        logger.debug("starting {}", argv)
+        with open(paths.log, "ab") as log:
+            process = subprocess.Popen(
+                argv,
+                cwd=run_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        return {
+            "pid": process.pid,
+            "start_time": _start_time(process.pid),
+            "host": socket.gethostname(),
+            "run_dir": str(run_dir),
+        }
+
+    def refresh(self, handles: Sequence[Handle]) -> list[Observation]:
+        this_host = socket.gethostname()
+        observations = []
+        for handle in handles:
+            if handle.get("host") != this_host:
+                raise TargetError(
+                    f"process {handle.get('pid')} was started on host "
+                    f"{handle.get('host')}, but this is {this_host}: run ubench "
+                    "where the stack was applied"
+                )
+            observations.append(self._observe(handle))
+        return observations
+
+    def _observe(self, handle: Handle) -> Observation:
+        host = self.predict_host()
+        if _is_alive(handle):
+            return Observation(JobStatus.RUNNING, host=host, nodes=(host,))
+        status_file = Path(handle["run_dir"]) / "status.json"
+        try:
+            outcome = json.loads(status_file.read_text())
+        except FileNotFoundError:
+            return Observation(
+                JobStatus.GONE,
+                reason="the process vanished without recording how it ended "
+                "(killed with SIGKILL, or the machine restarted)",
+            )
+        except (OSError, ValueError) as exc:
+            raise TargetError(f"cannot read {status_file}: {exc}") from exc
+        return Observation(
+            _END_STATUS.get(outcome.get("status"), JobStatus.FAILED),
+            reason=str(outcome.get("reason", "")),
+            exit_code=outcome.get("exit_code"),
+            raw_state=str(outcome.get("status", "")),
+        )
+
+    def cancel(self, handles: Sequence[Handle]) -> None:
+        for handle in handles:
+            if _is_alive(handle):
+                logger.debug("kill -TERM {}", handle["pid"])
+                _signal(handle["pid"], signal.SIGTERM)
+
+    def kill(self, handles: Sequence[Handle]) -> None:
+        """SIGKILL supervisors and their service groups that outlived a cancel."""
+        for handle in handles:
+            supervisor = Path(handle["run_dir"]) / "supervisor.json"
+            try:
+                child_pgid = json.loads(supervisor.read_text())["child_pgid"]
+            except (OSError, ValueError, KeyError):
+                child_pgid = None
+            if _is_alive(handle):
+                logger.debug("kill -KILL {}", handle["pid"])
+                _signal(handle["pid"], signal.SIGKILL)
+            if child_pgid:
+                logger.debug("kill -KILL -{}", child_pgid)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child_pgid, signal.SIGKILL)
+
+    def find(self, tokens: Sequence[str]) -> Mapping[str, Handle]:
+        wanted = set(tokens)
+        found: dict[str, Handle] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"ubench_iac.targets.supervisor" not in argv:
+                continue
+            words = [word.decode(errors="replace") for word in argv]
+            token = _option(words, "--token")
+            status = _option(words, "--status")
+            if token in wanted and status:
+                pid = int(entry.name)
+                found[token] = {
+                    "pid": pid,
+                    "start_time": _start_time(pid),
+                    "host": socket.gethostname(),
+                    "run_dir": str(Path(status).parent),
+                }
+        return found
+
+
+def _option(words: list[str], name: str) -> str | None:
+    if name in words and words.index(name) + 1 < len(words):
+        return words[words.index(name) + 1]
+    return None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Return /proc/PID/stat fields after the command name, or None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name is in parentheses and may itself hold spaces or ')'.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    # Field 22 of stat (starttime, in clock ticks since boot) is index 19 here.
+    return int(fields[19]) if fields else None
+
+
+def _is_alive(handle: Handle) -> bool:
+    fields = _stat_fields(int(handle["pid"]))
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return int(fields[19]) == handle.get("start_time")
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
