@@ -1,0 +1,1 @@
+"""Slurm helpers: time limits, squeue output and job states."""
