@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import getpass
 import graphlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,9 +18,9 @@ import jsonschema
 import pydantic
 
 from ubench_iac.errors import StackError, StackErrors
-from ubench_iac.models import Recipe, Runtime, Service, Stack
+from ubench_iac.models import Recipe, Runtime, Service, Stack, TargetConfig
 from ubench_iac.paths import data_dir
-from ubench_iac.schema import recipe_schema, stack_schema
+from ubench_iac.schema import profile_schema, recipe_schema, stack_schema
 from ubench_iac.yamlload import Document, format_path, read_yaml
 from ubench_iac.yamlload import Path as ValuePath
 
@@ -96,6 +97,7 @@ def load_stack(
         merged_vars = {**stack.variables, **variables}
         stack = stack.model_copy(update={"variables": merged_vars})
 
+    stack = _apply_profile(stack, document, path.parent)
     recipes = _load_recipes(stack, document, path.parent)
     services = {
         name: _merge_service(name, service, recipes, document)
@@ -216,6 +218,46 @@ def _model_error(document: Document, detail: Any) -> StackError:
     path = tuple(part for part in detail["loc"] if not str(part).startswith("function"))
     message = str(detail["msg"]).removeprefix("Value error, ")
     return document.error(path, message, None)
+
+
+def builtin_profiles() -> list[str]:
+    """Return the names of the cluster profiles shipped with ubench."""
+    return sorted(path.stem for path in data_dir("profiles").glob("*.yaml"))
+
+
+def _apply_profile(stack: Stack, document: Document, base: Path) -> Stack:
+    """Fill the target settings the stack leaves unset from its cluster profile.
+
+    A profile is a built-in name (``meluxina``) or a YAML file path relative to
+    the stack, holding target fields. ``{account}`` and ``{user}`` in its
+    ``image_cache`` are replaced by the target's account and the user name.
+    """
+    config = stack.target
+    if config.profile is None:
+        return stack
+    candidates = [
+        base / config.profile,
+        data_dir("profiles") / f"{config.profile}.yaml",
+    ]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise document.error(
+            ("target", "profile"),
+            f"unknown cluster profile '{config.profile}'",
+            f"use a file path or one of: {', '.join(builtin_profiles())}",
+        )
+    profile_document = _read_document(path)
+    defaults = _validate(profile_document, profile_schema(), TargetConfig)
+    merged = {
+        **defaults.model_dump(exclude_unset=True),
+        **config.model_dump(exclude_unset=True),
+    }
+    cache = merged.get("image_cache")
+    if isinstance(cache, str) and "{" in cache:
+        merged["image_cache"] = cache.replace(
+            "{account}", str(merged.get("account") or "ACCOUNT")
+        ).replace("{user}", getpass.getuser())
+    return stack.model_copy(update={"target": TargetConfig.model_validate(merged)})
 
 
 def _load_recipes(

@@ -8,7 +8,8 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def data_dir(kind: str) -> Path:
-    """Return the directory of ``kind`` ('templates', 'schemas' or 'recipes').
+    """Return the directory of ``kind`` ('templates', 'schemas', 'recipes' or
+    'profiles').
 
     A wheel carries them under ``ubench_iac/_data``; a source checkout or an
     editable install has them at the top of the repository.

@@ -6,7 +6,7 @@ import json
 from functools import cache
 from typing import Any
 
-from ubench_iac.models import Recipe, Stack
+from ubench_iac.models import Recipe, Stack, TargetConfig
 
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 
@@ -23,6 +23,13 @@ def recipe_schema() -> dict[str, Any]:
     """Return the JSON Schema of a recipe file."""
     schema = Recipe.model_json_schema()
     return {"$schema": SCHEMA_URI, "$id": "ubench:recipe", **schema}
+
+
+@cache
+def profile_schema() -> dict[str, Any]:
+    """Return the JSON Schema of a cluster profile: target settings."""
+    schema = TargetConfig.model_json_schema()
+    return {"$schema": SCHEMA_URI, "$id": "ubench:profile", **schema}
 
 
 def dump(schema: dict[str, Any]) -> str:
