@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +24,13 @@ from ubench_iac.errors import TargetError, UbenchError
 from ubench_iac.health import probe
 from ubench_iac.loader import LoadedStack
 from ubench_iac.plan import Action, Plan, ResourceChange, token_for
-from ubench_iac.resolve import DependencyView, DesiredResource, Resolver, render_outputs
+from ubench_iac.resolve import (
+    DependencyView,
+    DesiredResource,
+    Resolver,
+    file_sd_dir,
+    render_outputs,
+)
 from ubench_iac.state import Endpoint, LocalBackend, ResourceState, State
 from ubench_iac.status import JobStatus, Observation
 from ubench_iac.targets.base import Handle, Submission, Target
@@ -235,6 +243,7 @@ class Applier:
                 self._result(change.address, Outcome.FAILED, str(exc))
             return
         for prior in priors:
+            self._unpublish_metrics(prior)
             with self._state_lock:
                 self.state.remove(prior.address)
                 self.backend.write(self.state)
@@ -369,6 +378,7 @@ class Applier:
                 desired, record.endpoint.host, self._variables()
             )
         self._save(record)
+        self._publish_metrics(record)
         logger.bind(address=change.address).info(
             "{}: updated in place ({})", change.address, change.reason
         )
@@ -382,6 +392,7 @@ class Applier:
                 address,
                 _describe_handle(change.prior.handle),
             )
+            self._unpublish_metrics(change.prior)
             self.stop([change.prior])
         elif change.prior is not None and change.prior.handle:
             # Recreating an ended service: make sure nothing of it lingers.
@@ -428,6 +439,7 @@ class Applier:
         )
         record.outputs = render_outputs(desired, host, self._variables())
         self._save(record)
+        self._publish_metrics(record)
         where = f" at {host}:{desired.primary_port}" if desired.primary_port else ""
         log.info("{}: healthy{}", address, where)
 
@@ -516,6 +528,41 @@ class Applier:
             observation.status.value,
             f" ({observation.reason})" if observation.reason else "",
         )
+
+    # Prometheus file_sd targets -------------------------------------------
+
+    def _metrics_file(self, record: ResourceState) -> Path:
+        return (
+            file_sd_dir(self.target.workdir) / f"{record.service}-{record.index}.json"
+        )
+
+    def _publish_metrics(self, record: ResourceState) -> None:
+        """List a healthy service's metrics endpoint for Prometheus to scrape."""
+        metrics = record.spec.get("metrics")
+        path = self._metrics_file(record)
+        if not metrics or record.endpoint is None:
+            path.unlink(missing_ok=True)
+            return
+        entry = [
+            {
+                "targets": [f"{record.endpoint.host}:{metrics['port']}"],
+                "labels": {
+                    "job": record.service,
+                    "ubench_stack": self.target.stack,
+                    "ubench_address": record.address,
+                    "__metrics_path__": metrics["path"],
+                    **metrics["labels"],
+                },
+            }
+        ]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Prometheus may read the file at any moment: replace it atomically.
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(entry, indent=2) + "\n")
+        os.replace(temporary, path)
+
+    def _unpublish_metrics(self, record: ResourceState) -> None:
+        self._metrics_file(record).unlink(missing_ok=True)
 
     # Helpers ---------------------------------------------------------------
 

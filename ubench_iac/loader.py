@@ -26,7 +26,16 @@ from ubench_iac.yamlload import Path as ValuePath
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
-MERGED_MAPPINGS = ("environment", "ports", "outputs", "resources", "health", "slurm")
+MERGED_MAPPINGS = (
+    "environment",
+    "ports",
+    "outputs",
+    "resources",
+    "health",
+    "metrics",
+    "params",
+    "slurm",
+)
 """Service fields merged key by key with the recipe's; other fields replace it."""
 
 

@@ -80,6 +80,16 @@ class HealthCheck(_Model):
         return self
 
 
+class Metrics(_Model):
+    """A Prometheus endpoint; apply lists it in file_sd target files."""
+
+    port: str | int | None = Field(
+        None, description="Port name or number; default: the service's first port."
+    )
+    path: str = "/metrics"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class Resources(_Model):
     """What the service asks of the scheduler, per job."""
 
@@ -158,6 +168,11 @@ class ServiceFields(_Model):
     """Fields shared by recipes and services; a service overrides its recipe."""
 
     description: str | None = None
+    params: dict[str, str | int | float | bool] | None = Field(
+        None,
+        description="Recipe parameters, used in templates as params.NAME; a "
+        "service overrides them one by one.",
+    )
     image: str | None = Field(
         None,
         description="Container image: docker://..., a .sif path (apptainer), an "
@@ -185,6 +200,11 @@ class ServiceFields(_Model):
         None,
         description="Values published after the service is healthy; templates "
         "may use host, port, ports, service and var.",
+    )
+    metrics: Metrics | None = Field(
+        None,
+        description="Metrics endpoint; apply writes it to the stack's file_sd "
+        "directory (template value stack.file_sd_dir) while the service runs.",
     )
     slurm: SlurmOptions | None = None
 

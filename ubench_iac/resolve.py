@@ -29,14 +29,14 @@ from ubench_iac.yamlload import Path as ValuePath
 UNKNOWN = "(known after apply)"
 """Placeholder for a value that only exists once a dependency runs."""
 
-IN_PLACE_FIELDS = frozenset({"description", "health", "outputs"})
+IN_PLACE_FIELDS = frozenset({"description", "health", "metrics", "outputs"})
 """Spec fields that ubench alone uses, so a change needs no restart."""
 
 AUTO_PORT_BASE = 20000
 AUTO_PORT_SPAN = 20000
 
 _TEMPLATE_HELP = (
-    "templates can use var.NAME (declared under variables:), "
+    "templates can use var.NAME (declared under variables:), params.NAME, "
     "services.DEP.outputs.KEY / .host / .port (DEP must be in depends_on), "
     "port, ports.NAME, service.name, service.index, service.run_dir, stack.name"
 )
@@ -90,6 +90,11 @@ class DependencyView:
             "ports": dict(self.ports),
             "outputs": dict(self.outputs),
         }
+
+
+def file_sd_dir(run_root: Path) -> Path:
+    """Return the directory of the stack's Prometheus file_sd target files."""
+    return run_root / "file_sd"
 
 
 def address_of(service: str, index: int) -> str:
@@ -156,7 +161,11 @@ class Resolver:
         ports = self._ports[address]
         context = {
             "var": dict(self.loaded.stack.variables),
-            "stack": {"name": self.loaded.name},
+            "params": dict(fields.params or {}),
+            "stack": {
+                "name": self.loaded.name,
+                "file_sd_dir": str(file_sd_dir(self.run_root)),
+            },
             "service": {
                 "name": service,
                 "index": index,
@@ -192,6 +201,7 @@ class Resolver:
             "workdir": render.text(("workdir",), fields.workdir),
             "resources": self._resources(definition),
             "health": self._health(definition, render, ports),
+            "metrics": self._metrics(definition, ports),
             "outputs": dict(sorted((fields.outputs or {}).items())),
             "slurm": (
                 fields.slurm.model_dump(mode="json", exclude_defaults=True)
@@ -273,10 +283,55 @@ class Resolver:
         data["port"] = _health_port(definition, health, ports)
         return data
 
+    def _claim_fixed(
+        self, fixed: dict[int, str], port: int, service: str, port_name: str
+    ) -> None:
+        """Reject a fixed port that two services could bind on one node.
+
+        Services that each ask for whole nodes (slurm.exclusive) never share
+        one, so they may use the same port.
+        """
+        other = fixed.get(port)
+        definition = self.loaded.services[service]
+        if other is not None and other != service:
+            other_definition = self.loaded.services[other]
+            if not (_exclusive(definition) and _exclusive(other_definition)):
+                raise definition.error(
+                    ("ports", port_name),
+                    f"port {port} is also fixed for service '{other}', and both "
+                    "could run on the same node",
+                    "use 'auto' or another port for one of them",
+                )
+        fixed[port] = service
+
+    def _metrics(
+        self, definition: ServiceDefinition, ports: Mapping[str, int]
+    ) -> dict[str, Any] | None:
+        metrics = definition.service.metrics
+        if metrics is None:
+            return None
+        port = metrics.port
+        if isinstance(port, str):
+            if port not in ports:
+                raise definition.error(
+                    ("metrics", "port"),
+                    f"unknown port name '{port}'",
+                    f"use one of the service's ports: {', '.join(ports) or '(none)'}",
+                )
+            port = ports[port]
+        elif port is None:
+            port = next(iter(ports.values()), None)
+            if port is None:
+                raise definition.error(
+                    ("metrics",), "metrics need a port", "declare 'ports:'"
+                )
+        return {"port": port, "path": metrics.path, "labels": dict(metrics.labels)}
+
     def _assign_ports(self) -> dict[str, dict[str, int]]:
         """Give every resource concrete port numbers, keeping recorded ones."""
         assigned: dict[str, dict[str, int]] = {}
         taken: set[int] = set()
+        fixed: dict[int, str] = {}
         for name in self.loaded.order:
             declared = self.loaded.services[name].service.ports or {}
             for index in range(self.replicas(name)):
@@ -288,6 +343,7 @@ class Resolver:
                         # A fixed port on a replicated service: replica i gets +i,
                         # so replicas on one host do not collide.
                         ports[port_name] = value + index
+                        self._claim_fixed(fixed, value + index, name, port_name)
                         continue
                     port = recorded.get(port_name) or auto_port(
                         self.loaded.name, f"{name}-{index}", port_name
@@ -300,6 +356,11 @@ class Resolver:
                     taken.add(port)
                 assigned[address] = ports
         return assigned
+
+
+def _exclusive(definition: ServiceDefinition) -> bool:
+    slurm = definition.service.slurm
+    return bool(slurm and slurm.exclusive)
 
 
 def _health_port(

@@ -91,8 +91,12 @@ class Target(abc.ABC):
     def find(self, tokens: Sequence[str]) -> Mapping[str, Handle]:
         """Return the live handles that carry any of ``tokens``, by token."""
 
-    def check_available(self) -> None:  # noqa: B027
-        """Raise TargetError when the target's tools are missing."""
+    def test_submit(self, submission: Submission) -> str | None:
+        """Ask the scheduler whether it would accept a job; return its objection.
+
+        Targets without a dry run (the local one) accept everything.
+        """
+        return None
 
 
 def get_target(config: TargetConfig, stack: str, workdir: Path) -> Target:
