@@ -22,7 +22,7 @@ from ubench_iac import __version__
 from ubench_iac.apply import ApplyOptions, read_log_tail
 from ubench_iac.errors import StackError, UbenchError
 from ubench_iac.health import probe
-from ubench_iac.output import format_plan, plan_json
+from ubench_iac.output import format_expiring, format_plan, plan_json
 from ubench_iac.plan import Plan
 from ubench_iac.schema import dump, recipe_schema, stack_schema
 from ubench_iac.state import force_unlock, read_lock, release_lock
@@ -141,6 +141,23 @@ def _plan_offline(workspace: Workspace) -> Plan:
 )
 @click.option("--destroy", is_flag=True, help="Plan to destroy every resource.")
 @click.option("--show-scripts", is_flag=True, help="Print each rendered script.")
+@click.option(
+    "--expiring-within",
+    "expiring_within_min",
+    type=click.IntRange(min=0),
+    default=30,
+    show_default=True,
+    help="List running jobs that reach their time limit within this many minutes.",
+)
+@click.option(
+    "--renew", is_flag=True, help="Plan to replace the jobs listed as expiring."
+)
+@click.option(
+    "--validate",
+    "validate_jobs",
+    is_flag=True,
+    help="Ask the scheduler to check every job to start (sbatch --test-only).",
+)
 def plan(
     stack: str,
     state_path: str | None,
@@ -150,13 +167,28 @@ def plan(
     detailed_exitcode: bool,
     destroy: bool,
     show_scripts: bool,
+    expiring_within_min: int,
+    renew: bool,
+    validate_jobs: bool,
 ) -> None:
-    """Show what apply would change. Needs no lock and changes nothing."""
+    """Show what apply would change. Needs no lock and changes nothing.
+
+    With --detailed-exitcode the exit code is 0 when there are no changes,
+    1 on error and 2 when there are changes.
+    """
     workspace = _open(stack, state_path, variables)
-    the_plan = workspace.plan(destroy=destroy)
+    within_s = expiring_within_min * 60
+    the_plan = workspace.plan(destroy=destroy, expiring_within_s=within_s, renew=renew)
+    if validate_jobs:
+        problems = workspace.validate_submissions(the_plan)
+        if problems:
+            raise UbenchError(
+                "the scheduler rejects these jobs:\n  " + "\n  ".join(problems)
+            )
     if as_json:
         click.echo(json.dumps(plan_json(the_plan), indent=2))
     else:
+        click.echo(format_expiring(the_plan, within_s), nl=False)
         click.echo(format_plan(the_plan, show_scripts=show_scripts), nl=False)
     if out:
         save_plan(the_plan, Path(out))

@@ -59,7 +59,25 @@ def format_plan(plan: Plan, *, show_scripts: bool = False) -> str:
                 lines.append(f"  ~ {name} = {before} -> {after}")
         lines.append("")
     lines.append(plan.summary())
+    node_hours, gpu_hours, unlimited = plan.requested_hours()
+    if node_hours or gpu_hours or unlimited:
+        cost = f"Requested: {node_hours:.2f} node-hours, {gpu_hours:.2f} GPU-hours"
+        if unlimited:
+            cost += f" ({unlimited} services without a time limit not counted)"
+        lines.append(cost + ".")
     return "\n".join(lines) + "\n"
+
+
+def format_expiring(plan: Plan, within_s: int) -> str:
+    """List running services that reach their time limit within ``within_s``."""
+    if not plan.expiring:
+        return ""
+    lines = [f"Services reaching their time limit within {within_s // 60} min:"]
+    for address, left_s in sorted(plan.expiring.items()):
+        lines.append(f"  {address}: {left_s // 60} min {left_s % 60} s left")
+    if not any(c.action_reason == "replace_by_request" for c in plan.changes):
+        lines.append("Run 'ubench plan --renew' to plan their replacement.")
+    return "\n".join(lines) + "\n\n"
 
 
 def _format_change(change: ResourceChange, show_scripts: bool) -> list[str]:

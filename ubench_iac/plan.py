@@ -110,6 +110,10 @@ class Plan:
     output_changes: dict[str, tuple[str | None, str | None]]
     variables: dict[str, str]
     destroy: bool = False
+    expiring: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Running resources that reach their time limit soon: seconds left."""
+    expiring_within_s: int | None = None
+    renew: bool = False
 
     @property
     def has_changes(self) -> bool:
@@ -127,6 +131,26 @@ class Plan:
             f"{self.count(Action.REPLACE)} to replace, "
             f"{self.count(Action.DELETE)} to destroy."
         )
+
+    def requested_hours(self) -> tuple[float, float, int]:
+        """Return node-hours and GPU-hours the creations and replacements ask for.
+
+        The third value counts the started services that have no time limit,
+        which cannot be costed.
+        """
+        node_hours = gpu_hours = 0.0
+        unlimited = 0
+        for change in self.changes:
+            if change.action not in (Action.CREATE, Action.REPLACE) or not change.after:
+                continue
+            resources = change.after["resources"]
+            if resources["time_limit_s"] is None:
+                unlimited += 1
+                continue
+            hours = resources["time_limit_s"] / 3600
+            node_hours += resources["nodes"] * hours
+            gpu_hours += resources["nodes"] * resources["gpus"] * hours
+        return node_hours, gpu_hours, unlimited
 
     def get(self, address: str) -> ResourceChange | None:
         return next((c for c in self.changes if c.address == address), None)
@@ -158,11 +182,15 @@ def make_plan(
     variables: Mapping[str, str] | None = None,
     destroy: bool = False,
     lineage: str | None = None,
+    expiring_within_s: int | None = None,
+    renew: bool = False,
 ) -> Plan:
     """Diff the stack against the refreshed state.
 
     ``lineage`` fixes the lineage of a state that does not exist yet, so that a
-    plan made again under the lock hashes secrets the same way.
+    plan made again under the lock hashes secrets the same way. Running
+    resources with less than ``expiring_within_s`` seconds left are listed in
+    ``Plan.expiring``; with ``renew`` they are planned for replacement.
     """
     if state is not None:
         lineage = state.lineage
@@ -175,8 +203,11 @@ def make_plan(
         recorded_ports=_recorded_ports(state),
     )
     changes: list[ResourceChange] = []
+    expiring = _expiring(observations, expiring_within_s)
     if not destroy:
         changes = _plan_desired(loaded, state, target, resolver, observations, lineage)
+        if renew:
+            _renew(changes, expiring)
     desired = {c.address for c in changes}
     for prior in _reverse_dependency_order(state):
         if prior.address not in desired:
@@ -208,7 +239,37 @@ def make_plan(
         output_changes=_output_changes(state, changes, loaded, target),
         variables={k: str(v) for k, v in (variables or {}).items()},
         destroy=destroy,
+        expiring=expiring,
+        expiring_within_s=expiring_within_s,
+        renew=renew,
     )
+
+
+def _expiring(
+    observations: Mapping[str, Observation], within_s: int | None
+) -> dict[str, int]:
+    if within_s is None:
+        return {}
+    return {
+        address: observed.time_left_s
+        for address, observed in observations.items()
+        if observed.status.is_active
+        and observed.time_left_s is not None
+        and observed.time_left_s <= within_s
+    }
+
+
+def _renew(changes: Sequence[ResourceChange], expiring: Mapping[str, int]) -> None:
+    """Plan the replacement of running resources close to their time limit."""
+    for change in changes:
+        if change.address in expiring and change.action in (
+            Action.NO_OP,
+            Action.UPDATE,
+        ):
+            minutes = expiring[change.address] // 60
+            change.action = Action.REPLACE
+            change.action_reason = "replace_by_request"
+            change.reason = f"renewal: {minutes} min left before its time limit"
 
 
 def _plan_desired(

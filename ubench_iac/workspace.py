@@ -21,10 +21,10 @@ from ubench_iac.apply import Applier, ApplyOptions, ApplyReport
 from ubench_iac.errors import ApplyError, StalePlanError, StateError
 from ubench_iac.loader import LoadedStack, load_stack
 from ubench_iac.output import plan_json
-from ubench_iac.plan import Plan, make_plan, refresh_state
+from ubench_iac.plan import Action, Plan, make_plan, refresh_state, token_for
 from ubench_iac.state import LocalBackend, State
 from ubench_iac.status import Observation
-from ubench_iac.targets.base import Target, get_target
+from ubench_iac.targets.base import Submission, Target, get_target
 
 PLAN_FILE_FORMAT = "ubench-plan/1"
 
@@ -72,7 +72,13 @@ class Workspace:
     def refresh(self, state: State | None) -> dict[str, Observation]:
         return refresh_state(state, self.target)
 
-    def plan(self, *, destroy: bool = False) -> Plan:
+    def plan(
+        self,
+        *,
+        destroy: bool = False,
+        expiring_within_s: int | None = None,
+        renew: bool = False,
+    ) -> Plan:
         """Refresh the recorded resources and plan the changes."""
         state = self.read_state()
         observations = self.refresh(state)
@@ -83,7 +89,30 @@ class Workspace:
             observations,
             variables=self.variables,
             destroy=destroy,
+            expiring_within_s=expiring_within_s,
+            renew=renew,
         )
+
+    def validate_submissions(self, plan: Plan) -> list[str]:
+        """Ask the target whether it would accept each job the plan starts."""
+        problems = []
+        for change in plan.changes:
+            if change.desired is None or change.script is None:
+                continue
+            if change.action not in (Action.CREATE, Action.REPLACE):
+                continue
+            desired = change.desired
+            submission = Submission(
+                resource=desired,
+                token=token_for(plan.lineage, desired.address, desired.spec_hash),
+                script=change.script,
+                script_path=self.target.script_path(desired),
+                log_path=self.target.log_path(desired),
+            )
+            objection = self.target.test_submit(submission)
+            if objection:
+                problems.append(f"{change.address}: {objection}")
+        return problems
 
     def apply(
         self,
@@ -109,6 +138,8 @@ class Workspace:
                 variables=self.variables,
                 destroy=plan.destroy,
                 lineage=plan.lineage,
+                expiring_within_s=plan.expiring_within_s,
+                renew=plan.renew,
             )
             check_plan_matches(plan, current)
             if not current.has_changes:
@@ -176,6 +207,8 @@ def save_plan(plan: Plan, path: Path) -> None:
         "format": PLAN_FILE_FORMAT,
         "stack_path": str(Path(plan.stack_path).absolute()),
         "variables": plan.variables,
+        "expiring_within_s": plan.expiring_within_s,
+        "renew": plan.renew,
         "plan": plan_json(plan),
         "signature": _plan_signature(plan),
     }
@@ -200,7 +233,7 @@ def read_plan_file(path: Path) -> dict[str, Any] | None:
 
 def plan_from_file(data: Mapping[str, Any]) -> Plan:
     """Rebuild the parts of a saved plan that apply checks against."""
-    from ubench_iac.plan import Action, ResourceChange
+    from ubench_iac.plan import ResourceChange
 
     body = data["plan"]
     changes = []
@@ -226,5 +259,7 @@ def plan_from_file(data: Mapping[str, Any]) -> Plan:
         output_changes={},
         variables=dict(data.get("variables", {})),
         destroy=bool(body.get("destroy")),
+        expiring_within_s=data.get("expiring_within_s"),
+        renew=bool(data.get("renew")),
     )
     return plan
