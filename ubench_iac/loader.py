@@ -146,16 +146,21 @@ def _validate(document: Document, schema: dict[str, Any], model: type[M]) -> M:
         ) from None
 
 
-def _schema_error(document: Document, error: jsonschema.ValidationError) -> StackError:
+def _schema_error(
+    document: Document,
+    error: jsonschema.ValidationError,
+    description: str | None = None,
+) -> StackError:
     """Translate one jsonschema error into a StackError with a fix."""
     path: ValuePath = tuple(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    description = schema.get("description") or description
     if error.validator in ("anyOf", "oneOf") and error.context:
         # A union such as 'str | EnvValue': report the branch that got furthest.
         best = _deepest(error.context)
-        if best is not None and list(best.absolute_path) != list(error.absolute_path):
-            return _schema_error(document, best)
+        if best is not None:
+            return _schema_error(document, best, description)
     if error.validator == "additionalProperties":
-        schema = error.schema if isinstance(error.schema, dict) else {}
         allowed = sorted(schema.get("properties", {}))
         instance = error.instance if isinstance(error.instance, dict) else {}
         extras = [key for key in instance if key not in allowed]
@@ -167,12 +172,16 @@ def _schema_error(document: Document, error: jsonschema.ValidationError) -> Stac
     if error.validator == "required":
         return document.error(path, error.message, "add the missing field")
     if error.validator == "type":
-        return document.error(path, _type_message(error), _type_fix(document, path))
+        return document.error(
+            path,
+            _type_message(document, path, error),
+            description or _quote_fix(document, path),
+        )
     if error.validator in ("anyOf", "oneOf"):
         return document.error(
             path,
             f"invalid value {error.instance!r}",
-            _type_fix(document, path) or "see the field's description in the schema",
+            description or _quote_fix(document, path),
         )
     if error.validator == "pattern":
         return document.error(
@@ -180,7 +189,7 @@ def _schema_error(document: Document, error: jsonschema.ValidationError) -> Stac
             f"invalid value {error.instance!r}",
             f"use a value matching {error.validator_value}",
         )
-    return document.error(path, error.message, None)
+    return document.error(path, error.message, description)
 
 
 def _deepest(
@@ -197,14 +206,24 @@ def _deepest(
     return max(candidates, key=lambda error: len(error.absolute_path))
 
 
-def _type_message(error: jsonschema.ValidationError) -> str:
+def _type_message(
+    document: Document, path: ValuePath, error: jsonschema.ValidationError
+) -> str:
     expected = error.validator_value
     if isinstance(expected, list):
         expected = " or ".join(expected)
+    mark = document.marks.get(path)
+    if mark is not None and mark.text is not None and mark.tag:
+        kind = mark.tag.rsplit(":", 1)[-1]
+        if kind in ("float", "int") and mark.text != str(error.instance):
+            return (
+                f"YAML reads {mark.text} as the number {error.instance!r}, but "
+                f"{expected} is expected here"
+            )
     return f"expected {expected}, got {_json_type(error.instance)} {error.instance!r}"
 
 
-def _type_fix(document: Document, path: ValuePath) -> str | None:
+def _quote_fix(document: Document, path: ValuePath) -> str | None:
     mark = document.marks.get(path)
     if mark is None or mark.text is None:
         return None
@@ -224,8 +243,19 @@ def _json_type(value: Any) -> str:
 
 
 def _model_error(document: Document, detail: Any) -> StackError:
-    path = tuple(part for part in detail["loc"] if not str(part).startswith("function"))
+    loc = [part for part in detail["loc"] if not str(part).startswith("function")]
+    if "[key]" in loc:
+        # A mapping key failed its pattern: point at the key itself.
+        loc = loc[: loc.index("[key]")]
+    path = tuple(loc)
     message = str(detail["msg"]).removeprefix("Value error, ")
+    if detail.get("type") == "string_pattern_mismatch":
+        pattern = detail.get("ctx", {}).get("pattern", "")
+        return document.error(
+            path,
+            f"invalid name {detail['input']!r}",
+            f"use a name matching {pattern}",
+        )
     return document.error(path, message, None)
 
 
@@ -355,18 +385,19 @@ def _merge_service(
 
 def _check_service(definition: ServiceDefinition) -> None:
     service = definition.service
-    if not service.command:
-        raise definition.error(
-            ("command",),
-            f"service '{definition.name}' has no command",
-            "set 'command' in the service or its recipe",
-        )
     runtime = effective_runtime(service)
     if runtime is not Runtime.HOST and not service.image:
         raise definition.error(
             ("runtime",),
             f"runtime '{runtime}' needs an image",
             "set 'image', or use 'runtime: host'",
+        )
+    # Without a command, apptainer runs the image's own runscript.
+    if not service.command and runtime is not Runtime.APPTAINER:
+        raise definition.error(
+            ("command",),
+            f"service '{definition.name}' has no command",
+            "set 'command' in the service or its recipe",
         )
     if service.args and isinstance(service.command, str):
         raise definition.error(

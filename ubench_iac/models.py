@@ -6,11 +6,10 @@ The JSON Schema in ``schemas/stack.schema.json`` is generated from these models
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 """Names of stacks, services and recipes: they become file names and job names."""
@@ -19,6 +18,9 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 PORT_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,30}$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
+PortName = Annotated[str, Field(pattern=PORT_NAME_PATTERN)]
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
 
 
 class _Model(BaseModel):
@@ -186,11 +188,21 @@ class ServiceFields(_Model):
         description="A list is executed as argv; a string is a bash script.",
     )
     args: list[str] | None = Field(None, description="Appended to a list command.")
-    environment: dict[str, str | int | EnvValue] | None = None
-    ports: dict[str, int | Literal["auto"]] | None = Field(
-        None, description="Named ports; 'auto' picks a stable free-looking port."
+    environment: dict[EnvName, str | int | EnvValue] | None = None
+    ports: dict[PortName, PortNumber | Literal["auto"]] | None = Field(
+        None,
+        description="Named ports (1-65535), or 'auto' for a stable port derived "
+        "from the stack, service and port names.",
     )
-    binds: list[Bind] | None = None
+    binds: (
+        list[
+            Annotated[
+                Bind,
+                BeforeValidator(_parse_bind, json_schema_input_type=str | Bind),
+            ]
+        ]
+        | None
+    ) = Field(None, description="Binds as SOURCE[:TARGET[:ro]] or objects.")
     workdir: str | None = None
     resources: Resources | None = None
     health: HealthCheck | None = None
@@ -207,36 +219,6 @@ class ServiceFields(_Model):
         "directory (template value stack.file_sd_dir) while the service runs.",
     )
     slurm: SlurmOptions | None = None
-
-    @field_validator("binds", mode="before")
-    @classmethod
-    def _short_binds(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [_parse_bind(item) for item in value]
-        return value
-
-    @field_validator("environment")
-    @classmethod
-    def _env_names(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        for name in value or {}:
-            if not re.match(ENV_NAME_PATTERN, name):
-                raise ValueError(
-                    f"invalid environment variable name {name!r}: use letters, "
-                    "digits and _, not starting with a digit"
-                )
-        return value
-
-    @field_validator("ports")
-    @classmethod
-    def _port_values(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        for name, port in (value or {}).items():
-            if not re.match(PORT_NAME_PATTERN, name):
-                raise ValueError(
-                    f"invalid port name {name!r}: use lower-case letters, digits, _"
-                )
-            if isinstance(port, int) and not 1 <= port <= 65535:
-                raise ValueError(f"port {name}={port} is outside 1-65535")
-        return value
 
 
 class Recipe(ServiceFields):

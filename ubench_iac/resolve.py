@@ -41,8 +41,29 @@ _TEMPLATE_HELP = (
     "port, ports.NAME, service.name, service.index, service.run_dir, stack.name"
 )
 
+
+class _Namespace(dict[str, Any]):
+    """A template namespace that names itself in 'undefined' errors."""
+
+    def __init__(self, label: str, values: Mapping[str, Any]) -> None:
+        super().__init__(values)
+        self.label = label
+
+
+class _StrictUndefined(jinja2.StrictUndefined):
+    """Undefined values fail with 'NAME is undefined in NAMESPACE'."""
+
+    @property
+    def _undefined_message(self) -> str:
+        owner = self._undefined_obj
+        label = getattr(owner, "label", None)
+        if label is None:
+            return super()._undefined_message
+        return f"{self._undefined_name!r} is undefined in {label}"
+
+
 _jinja = jinja2.sandbox.SandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+    undefined=_StrictUndefined, autoescape=False, keep_trailing_newline=True
 )
 
 
@@ -160,8 +181,8 @@ class Resolver:
         run_dir = self.run_root / f"{service}-{index}"
         ports = self._ports[address]
         context = {
-            "var": dict(self.loaded.stack.variables),
-            "params": dict(fields.params or {}),
+            "var": _Namespace("var", self.loaded.stack.variables),
+            "params": _Namespace("params", fields.params or {}),
             "stack": {
                 "name": self.loaded.name,
                 "file_sd_dir": str(file_sd_dir(self.run_root)),
@@ -175,10 +196,13 @@ class Resolver:
             },
             "port": next(iter(ports.values()), None),
             "ports": ports,
-            "services": {
-                name: _UnknownView() if view is None else view.as_context()
-                for name, view in dependencies.items()
-            },
+            "services": _Namespace(
+                "services",
+                {
+                    name: _UnknownView() if view is None else view.as_context()
+                    for name, view in dependencies.items()
+                },
+            ),
         }
         render = _FieldRenderer(definition, context)
 
@@ -385,6 +409,20 @@ def _health_port(
     return next(iter(ports.values()), None)
 
 
+def _undefined_fix(message: str) -> str:
+    name = message.split("'")[1] if message.count("'") >= 2 else "NAME"
+    if message.endswith("undefined in var"):
+        return f"declare '{name}' under variables:, or pass --var {name}=VALUE"
+    if message.endswith("undefined in services"):
+        return (
+            f"add '{name}' to depends_on to use its outputs (and check that a "
+            "service of that name exists)"
+        )
+    if message.endswith("undefined in params"):
+        return f"set params.{name} in the service or its recipe"
+    return _TEMPLATE_HELP
+
+
 class _UnknownView:
     """A dependency whose host and outputs exist only after it is applied."""
 
@@ -425,8 +463,9 @@ class _FieldRenderer:
                 path, f"invalid template {value!r}: {exc.message}", "fix the syntax"
             ) from None
         except (jinja2.UndefinedError, jinja2.exceptions.SecurityError) as exc:
+            message = exc.message or str(exc)
             raise self.definition.error(
-                path, f"invalid template {value!r}: {exc.message}", _TEMPLATE_HELP
+                path, f"invalid template {value!r}: {message}", _undefined_fix(message)
             ) from None
         if UNKNOWN in rendered:
             self.unknown.add(".".join(str(part) for part in path))
@@ -434,6 +473,8 @@ class _FieldRenderer:
 
     def command(self) -> dict[str, Any]:
         fields = self.definition.service
+        if fields.command is None and not fields.args:
+            return {}
         if isinstance(fields.command, str):
             return {"script": self.text(("command",), fields.command)}
         argv = [

@@ -1,0 +1,31 @@
+#!/bin/bash
+#SBATCH --job-name=ubench:00000000-0000-0000-0000-000000000000:service.x[0]:0123456789ab
+#SBATCH --comment=ubench:00000000-0000-0000-0000-000000000000:service.x[0]:0123456789ab
+#SBATCH --output=/scratch/ubench/golden/host-argv-0/service.log
+#SBATCH --open-mode=append
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=2
+#SBATCH --mem=4G
+#SBATCH --time=90
+#SBATCH --account=p200000
+#SBATCH --partition=cpu
+#SBATCH --qos=default
+# Batch script of service.host-argv[0], rendered by ubench. `ubench apply` rewrites it:
+# edit the stack file instead. The #SBATCH lines are comments to bash, so the
+# local target runs this same file as a detached process group.
+set -euo pipefail
+
+module load env/release/2024.1
+module load Apptainer
+export UBENCH_TOKEN='ubench:00000000-0000-0000-0000-000000000000:service.x[0]:0123456789ab'
+export UBENCH_ADDRESS='service.host-argv[0]'
+export UBENCH_RUN_DIR=/scratch/ubench/golden/host-argv-0
+export MODE='fast run'
+export PLAIN=1
+
+mkdir -p /scratch/ubench/golden/host-argv-0
+cd /scratch/ubench/golden/host-argv-0
+
+# The service replaces this shell, so a stop signal reaches it directly.
+exec /usr/bin/python3 -m http.server 8000
