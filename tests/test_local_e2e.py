@@ -136,7 +136,11 @@ def test_health_setting_updates_in_place(
 ) -> None:
     assert ubench("apply", str(stack), "--auto-approve").exit_code == 0
     before = _pids(workdir)
-    stack.write_text(stack.read_text().replace("type: tcp, interval_s: 0.2", "type: tcp, interval_s: 0.3"))
+    stack.write_text(
+        stack.read_text().replace(
+            "type: tcp, interval_s: 0.2", "type: tcp, interval_s: 0.3"
+        )
+    )
 
     planned = ubench("plan", str(stack))
     assert "service.web[0] will be updated in place" in planned.stdout
@@ -155,7 +159,11 @@ def test_destroy_leaves_no_process_and_empty_state(
 
     destroyed = ubench("destroy", str(stack), "--auto-approve")
     assert destroyed.exit_code == 0, destroyed.output
-    order = [line.split(":")[0] for line in destroyed.stderr.splitlines() if "destroyed" in line]
+    order = [
+        line.split(":")[0]
+        for line in destroyed.stderr.splitlines()
+        if "destroyed" in line
+    ]
     assert order.index("service.web[0]") < order.index("service.files[0]")
 
     for pid in pids.values():
@@ -189,7 +197,9 @@ def test_output_status_logs_and_state_commands(
 
     listed = ubench("state", "list", "-s", str(stack)).stdout.split()
     assert listed == ["service.files[0]", "service.other[0]", "service.web[0]"]
-    shown = json.loads(ubench("state", "show", "service.web[0]", "-s", str(stack)).stdout)
+    shown = json.loads(
+        ubench("state", "show", "service.web[0]", "-s", str(stack)).stdout
+    )
     assert shown["handle"]["pid"] > 0
 
     missing = ubench("output", "nothing", "-s", str(stack))

@@ -24,9 +24,7 @@ def _http_service(name: str, port: int, extra: str = "") -> str:
 
 
 @pytest.fixture
-def write_stack(
-    workdir: Path, cleanup_stacks: list[str]
-) -> Callable[[str], Path]:
+def write_stack(workdir: Path, cleanup_stacks: list[str]) -> Callable[[str], Path]:
     def write(body: str) -> Path:
         path = workdir / "stack.yaml"
         path.write_text(body)
