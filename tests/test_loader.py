@@ -61,7 +61,7 @@ def load_and_resolve(path: Path) -> None:
     workspace = Workspace.open(path, path.parent / "state.json")
     from ubench_iac.plan import make_plan
 
-    make_plan(workspace.loaded, None, workspace.target, {})
+    make_plan(workspace.loaded, None, workspace.target)
 
 
 @pytest.mark.parametrize(("name", "line", "message", "fix"), CASES)

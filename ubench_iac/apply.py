@@ -21,6 +21,7 @@ from pathlib import Path
 from loguru import logger
 
 from ubench_iac.errors import TargetError, UbenchError
+from ubench_iac.failpoints import failpoint
 from ubench_iac.health import probe
 from ubench_iac.loader import LoadedStack
 from ubench_iac.plan import Action, Plan, ResourceChange, token_for
@@ -238,11 +239,20 @@ class Applier:
             )
         try:
             self.stop([p for p in priors if p.handle])
+            failpoint("destroy")
         except UbenchError as exc:
             for change in wave:
                 self._result(change.address, Outcome.FAILED, str(exc))
             return
+        deposed = {c.address for c in wave if c.deposed}
         for prior in priors:
+            if prior.address in deposed:
+                # An orphan was never in the state: nothing to remove there.
+                logger.bind(address=prior.address).info(
+                    "{}: stopped orphan {}", prior.address, prior.token
+                )
+                self._result(prior.address, Outcome.DONE, "orphan stopped")
+                continue
             self._unpublish_metrics(prior)
             with self._state_lock:
                 self.state.remove(prior.address)
@@ -335,7 +345,9 @@ class Applier:
             desired = self._final_desired(change)
             if change.action is Action.NO_OP:
                 return Outcome.DONE
-            if change.action is Action.UPDATE:
+            if change.adopted:
+                self._adopt(change, desired)
+            elif change.action is Action.UPDATE:
                 self._update(change, desired)
             else:
                 self._create(change, desired)
@@ -383,6 +395,20 @@ class Applier:
             "{}: updated in place ({})", change.address, change.reason
         )
 
+    def _adopt(self, change: ResourceChange, desired: DesiredResource) -> None:
+        """Record a job found by its token, then wait for it like a new one."""
+        assert change.prior is not None
+        record = change.prior.model_copy(deep=True)
+        record.dependencies = list(desired.dependencies)
+        record.run_dir = str(desired.run_dir)
+        record.script = str(self.target.script_path(desired))
+        record.log = str(self.target.log_path(desired))
+        self._save(record)
+        logger.bind(address=change.address).info(
+            "{}: adopted ({})", change.address, _describe_handle(record.handle)
+        )
+        self._await(record, desired)
+
     def _create(self, change: ResourceChange, desired: DesiredResource) -> None:
         address = change.address
         log = logger.bind(address=address)
@@ -422,11 +448,18 @@ class Applier:
             script_path=self.target.script_path(desired),
             log_path=self.target.log_path(desired),
         )
+        failpoint("before-submit")
         record.handle = self.target.submit(submission)
+        failpoint("after-submit")
         record.status = JobStatus.PENDING.value
         self._save(record)
         log.info("{}: submitted ({})", address, _describe_handle(record.handle))
+        self._await(record, desired)
 
+    def _await(self, record: ResourceState, desired: DesiredResource) -> None:
+        """Wait until healthy, then record the endpoint and outputs."""
+        address = record.address
+        log = logger.bind(address=address)
         observation = self._wait_healthy(record, desired)
         host = observation.host or self.target.predict_host() or "localhost"
         record.status = observation.status.value
@@ -468,6 +501,7 @@ class Applier:
             if self.interrupted.is_set():
                 raise Interrupted("apply was interrupted while waiting for health")
             observation = self.poller.observe(record.address)
+            failpoint("health-wait")
             if observation is not None and observation.status.value != last_status:
                 last_status = observation.status.value
                 self._note_status(record, observation)

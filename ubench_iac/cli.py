@@ -124,7 +124,7 @@ def validate(stack: str, state_path: str | None, variables: Sequence[str]) -> No
 def _plan_offline(workspace: Workspace) -> Plan:
     from ubench_iac.plan import make_plan
 
-    return make_plan(workspace.loaded, None, workspace.target, {})
+    return make_plan(workspace.loaded, None, workspace.target)
 
 
 @cli.command()
@@ -339,7 +339,7 @@ def status(
     if state is None or not state.resources:
         click.echo("No services deployed.")
         return
-    observations = workspace.refresh(state)
+    observations = workspace.refresh(state).observations
     rows = []
     for resource in state.resources:
         observed = observations.get(resource.address)

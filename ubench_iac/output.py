@@ -85,6 +85,10 @@ def _format_change(change: ResourceChange, show_scripts: bool) -> list[str]:
     headline = _HEADLINE[change.action]
     if change.action is Action.CREATE and change.prior is not None:
         headline = "will be recreated"
+    if change.adopted:
+        headline = "will be adopted"
+    if change.deposed:
+        headline = f"orphan {change.deposed} will be stopped"
     reason = f" ({change.reason})" if change.reason else ""
     lines = [f"  # {change.address} {headline}{reason}"]
     if change.action is Action.CREATE and change.after is not None:
@@ -161,6 +165,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         }
         if change.action_reason:
             entry["action_reason"] = change.action_reason
+        if change.deposed:
+            entry["deposed"] = change.deposed
         if change.reason:
             entry["ubench_reason"] = change.reason
         changes.append(entry)

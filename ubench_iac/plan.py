@@ -26,7 +26,7 @@ from ubench_iac.resolve import (
 )
 from ubench_iac.state import ResourceState, State
 from ubench_iac.status import Observation
-from ubench_iac.targets.base import Target
+from ubench_iac.targets.base import Handle, Target
 
 
 class Action(StrEnum):
@@ -84,6 +84,10 @@ class ResourceChange:
     script: str | None = None
     planned_hash: str | None = None
     """Spec hash read back from a saved plan file, which has no DesiredResource."""
+    adopted: bool = False
+    """The job or process was found by its token and is taken into the state."""
+    deposed: str | None = None
+    """Token of an orphan to stop: it is not the resource the state records."""
 
     @property
     def replace_fields(self) -> list[str]:
@@ -161,23 +165,55 @@ def token_for(lineage: str, address: str, spec_hash: str) -> str:
     return f"ubench:{lineage}:{address}:{spec_hash.removeprefix('sha256:')[:12]}"
 
 
-def refresh_state(state: State | None, target: Target) -> dict[str, Observation]:
-    """Observe every recorded resource with one target query, by address."""
+@dataclasses.dataclass
+class Refresh:
+    """What one refresh learned about a stack's recorded and unknown resources."""
+
+    observations: dict[str, Observation]
+    """By address, for every recorded resource with a handle (adopted included)."""
+    adopted: dict[str, Handle]
+    """Pending operations whose job or process was found by its token."""
+    orphans: dict[str, tuple[Handle, Observation]]
+    """Live jobs or processes with this stack's token that the state lacks."""
+
+
+def refresh_state(state: State | None, target: Target) -> Refresh:
+    """Observe the stack with one target query, and find what the state lacks.
+
+    A resource recorded without a handle is a pending operation: an apply died
+    between recording it and recording the handle. If a job or process carries
+    its token, the handle is adopted into ``state`` (in memory).
+    """
+    result = Refresh({}, {}, {})
     if state is None:
-        return {}
+        return result
     recorded = [r for r in state.resources if r.handle is not None]
-    if not recorded:
-        return {}
     logger.debug("refreshing {} resources", len(recorded))
-    observations = target.refresh([r.handle for r in recorded if r.handle])
-    return {r.address: obs for r, obs in zip(recorded, observations, strict=True)}
+    scan = target.scan(
+        [r.handle for r in recorded if r.handle], f"ubench:{state.lineage}:"
+    )
+    for resource, observation in zip(recorded, scan.observations, strict=True):
+        result.observations[resource.address] = observation
+    known = {r.token for r in recorded}
+    pending = {r.token: r for r in state.resources if r.handle is None}
+    for token, (handle, observation) in scan.found.items():
+        if token in known:
+            continue
+        if token in pending:
+            resource = pending[token]
+            resource.handle = dict(handle)
+            result.adopted[resource.address] = dict(handle)
+            result.observations[resource.address] = observation
+        else:
+            result.orphans[token] = (dict(handle), observation)
+    return result
 
 
 def make_plan(
     loaded: LoadedStack,
     state: State | None,
     target: Target,
-    observations: Mapping[str, Observation],
+    refresh: Refresh | None = None,
     *,
     variables: Mapping[str, str] | None = None,
     destroy: bool = False,
@@ -196,6 +232,8 @@ def make_plan(
         lineage = state.lineage
     elif lineage is None:
         lineage = State(stack=loaded.name).lineage
+    refresh = refresh or Refresh({}, {}, {})
+    observations = refresh.observations
     resolver = Resolver(
         loaded,
         target.workdir,
@@ -206,6 +244,7 @@ def make_plan(
     expiring = _expiring(observations, expiring_within_s)
     if not destroy:
         changes = _plan_desired(loaded, state, target, resolver, observations, lineage)
+        _adopt(changes, refresh)
         if renew:
             _renew(changes, expiring)
     desired = {c.address for c in changes}
@@ -228,6 +267,7 @@ def make_plan(
                     observation=observations.get(prior.address),
                 )
             )
+    changes.extend(_orphan_deletions(changes, refresh, target))
     return Plan(
         stack=loaded.name,
         stack_path=str(loaded.path),
@@ -243,6 +283,97 @@ def make_plan(
         expiring_within_s=expiring_within_s,
         renew=renew,
     )
+
+
+def _adopt(changes: Sequence[ResourceChange], refresh: Refresh) -> None:
+    """Take over jobs that an interrupted apply started but did not record.
+
+    A pending operation found by its token is adopted as it is. An orphan is
+    adopted when it carries the token of the very spec the stack now wants
+    for an address that has nothing running; other orphans are stopped.
+    """
+    by_address = {c.address: c for c in changes}
+    for address in refresh.adopted:
+        change = by_address.get(address)
+        if change is not None and change.action is Action.NO_OP:
+            change.action = Action.UPDATE
+            change.adopted = True
+            change.reason = "adopts the job an interrupted apply started"
+    for token, (handle, observation) in list(refresh.orphans.items()):
+        address, token_hash = _parse_token(token)
+        change = by_address.get(address)
+        if change is None or change.desired is None:
+            continue
+        if change.action is not Action.CREATE or not observation.status.is_active:
+            continue
+        wanted_hash = change.desired.spec_hash.removeprefix("sha256:")[:12]
+        if token_hash != wanted_hash:
+            continue
+        change.prior = ResourceState(
+            address=address,
+            service=change.service,
+            index=change.index,
+            target=refresh_target_kind(handle),
+            spec=change.desired.spec,
+            spec_hash=change.desired.spec_hash,
+            token=token,
+            handle=handle,
+            status=observation.status.value,
+        )
+        change.observation = observation
+        change.action = Action.UPDATE
+        change.adopted = True
+        change.reason = "adopts an orphan that carries its token"
+        del refresh.orphans[token]
+
+
+def refresh_target_kind(handle: Handle) -> str:
+    return "slurm" if "job_id" in handle else "local"
+
+
+def _parse_token(token: str) -> tuple[str, str]:
+    """Split ``ubench:<lineage>:<address>:<hash>`` into address and hash."""
+    body = token.split(":", 2)[-1]
+    address, _, token_hash = body.rpartition(":")
+    return address, token_hash
+
+
+def _orphan_deletions(
+    changes: Sequence[ResourceChange], refresh: Refresh, target: Target
+) -> list[ResourceChange]:
+    deletions = []
+    for token, (handle, observation) in refresh.orphans.items():
+        if not observation.status.is_active:
+            continue
+        address, _ = _parse_token(token)
+        service, _, rest = address.removeprefix("service.").partition("[")
+        index = int(rest.rstrip("]") or 0) if rest.rstrip("]").isdigit() else 0
+        prior = ResourceState(
+            address=address,
+            service=service,
+            index=index,
+            target=target.kind,
+            spec={},
+            spec_hash="",
+            token=token,
+            handle=handle,
+            status=observation.status.value,
+        )
+        deletions.append(
+            ResourceChange(
+                address=address,
+                service=service,
+                index=index,
+                action=Action.DELETE,
+                reason="orphan: carries this stack's token but the state does "
+                "not record it",
+                action_reason="delete_because_orphan",
+                prior=prior,
+                observation=observation,
+                deposed=token,
+            )
+        )
+    return deletions
 
 
 def _expiring(
@@ -350,6 +481,11 @@ def diff_resource(
         change.reason = _ended_reason(observed)
         return change
     if prior.spec_hash == desired.spec_hash:
+        if not prior.healthy:
+            # An apply died or failed while waiting: finish what it started.
+            change.action = Action.UPDATE
+            change.adopted = True
+            change.reason = "running but never seen healthy; apply waits for it"
         return change
     if not change.diffs:
         # Equal specs with different hashes: a hash from an older ubench.

@@ -21,9 +21,15 @@ from ubench_iac.apply import Applier, ApplyOptions, ApplyReport
 from ubench_iac.errors import ApplyError, StalePlanError, StateError
 from ubench_iac.loader import LoadedStack, load_stack
 from ubench_iac.output import plan_json
-from ubench_iac.plan import Action, Plan, make_plan, refresh_state, token_for
+from ubench_iac.plan import (
+    Action,
+    Plan,
+    Refresh,
+    make_plan,
+    refresh_state,
+    token_for,
+)
 from ubench_iac.state import LocalBackend, State
-from ubench_iac.status import Observation
 from ubench_iac.targets.base import Submission, Target, get_target
 
 PLAN_FILE_FORMAT = "ubench-plan/1"
@@ -69,7 +75,7 @@ class Workspace:
             )
         return state
 
-    def refresh(self, state: State | None) -> dict[str, Observation]:
+    def refresh(self, state: State | None) -> Refresh:
         return refresh_state(state, self.target)
 
     def plan(
@@ -81,12 +87,11 @@ class Workspace:
     ) -> Plan:
         """Refresh the recorded resources and plan the changes."""
         state = self.read_state()
-        observations = self.refresh(state)
         return make_plan(
             self.loaded,
             state,
             self.target,
-            observations,
+            self.refresh(state),
             variables=self.variables,
             destroy=destroy,
             expiring_within_s=expiring_within_s,

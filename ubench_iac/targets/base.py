@@ -36,6 +36,16 @@ class Submission:
     log_path: Path
 
 
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """Result of one refresh of a stack: its handles, and what carries its token."""
+
+    observations: list[Observation]
+    """One observation per handle asked about, in order."""
+    found: dict[str, tuple[Handle, Observation]]
+    """Live jobs or processes carrying a token with the stack's prefix."""
+
+
 class Target(abc.ABC):
     """One place services run; subclasses register themselves by ``kind``."""
 
@@ -88,8 +98,27 @@ class Target(abc.ABC):
         """Request every handle to stop; returns without waiting."""
 
     @abc.abstractmethod
-    def find(self, tokens: Sequence[str]) -> Mapping[str, Handle]:
-        """Return the live handles that carry any of ``tokens``, by token."""
+    def find(self, prefix: str) -> Mapping[str, Handle]:
+        """Return the live handles whose token starts with ``prefix``, by token."""
+
+    def scan(self, handles: Sequence[Handle], prefix: str) -> Scan:
+        """Observe ``handles`` and find live ones whose token has ``prefix``.
+
+        The default makes two queries; a target whose one query answers both
+        (one squeue call listing the user's jobs) overrides it.
+        """
+        observations = self.refresh(handles) if handles else []
+        found = dict(self.find(prefix))
+        observed_found = self.refresh(list(found.values())) if found else []
+        return Scan(
+            observations=observations,
+            found={
+                token: (handle, observation)
+                for (token, handle), observation in zip(
+                    found.items(), observed_found, strict=True
+                )
+            },
+        )
 
     def test_submit(self, submission: Submission) -> str | None:
         """Ask the scheduler whether it would accept a job; return its objection.

@@ -171,8 +171,7 @@ class LocalTarget(Target):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child_pgid, signal.SIGKILL)
 
-    def find(self, tokens: Sequence[str]) -> Mapping[str, Handle]:
-        wanted = set(tokens)
+    def find(self, prefix: str) -> Mapping[str, Handle]:
         found: dict[str, Handle] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -186,7 +185,7 @@ class LocalTarget(Target):
             words = [word.decode(errors="replace") for word in argv]
             token = _option(words, "--token")
             status = _option(words, "--status")
-            if token in wanted and status:
+            if token and token.startswith(prefix) and status:
                 pid = int(entry.name)
                 found[token] = {
                     "pid": pid,

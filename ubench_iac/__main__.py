@@ -1,0 +1,5 @@
+"""Run the CLI as ``python -m ubench_iac``."""
+
+from ubench_iac.cli import main
+
+main()
