@@ -14,6 +14,8 @@ import getpass
 import os
 import socket
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,11 +157,22 @@ class LocalBackend:
 
     @contextlib.contextmanager
     def lock(self, operation: str) -> Iterator[LockInfo]:
-        """Hold the exclusive state lock for ``operation``; release on every exit."""
+        """Hold the exclusive state lock for ``operation``; release on every exit.
+
+        A heartbeat thread renews the lock's lease while it is held, so a run on
+        another host (the state on NFS) can tell a live holder from a dead one.
+        """
         info = acquire_lock(self.lock_path, operation)
+        stop = threading.Event()
+        heartbeat = threading.Thread(
+            target=_renew_lease, args=(self.lock_path, info, stop), daemon=True
+        )
+        heartbeat.start()
         try:
             yield info
         finally:
+            stop.set()
+            heartbeat.join()
             release_lock(self.lock_path, info.id)
 
 
@@ -183,6 +196,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(directory)
 
 
+LEASE_S = 300.0
+"""How long a lock stays valid without a heartbeat, seen from another host."""
+
+
 class LockInfo(pydantic.BaseModel):
     """Who holds a state lock, written into the lock file."""
 
@@ -192,6 +209,8 @@ class LockInfo(pydantic.BaseModel):
     user: str
     operation: str
     created_at: str
+    expires_at: float = 0.0
+    """Unix time after which a holder on another host counts as dead."""
 
     def describe(self) -> str:
         return (
@@ -213,6 +232,7 @@ def acquire_lock(path: Path, operation: str) -> LockInfo:
         user=_user(),
         operation=operation,
         created_at=now(),
+        expires_at=time.time() + LEASE_S,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
@@ -271,9 +291,25 @@ def force_unlock(path: Path, lock_id: str) -> LockInfo:
     return holder
 
 
+def _renew_lease(path: Path, info: LockInfo, stop: threading.Event) -> None:
+    """Push the lease forward every third of its length until ``stop`` is set."""
+    renewals = 0
+    while not stop.wait(LEASE_S / 3):
+        holder = read_lock(path)
+        if holder is None or holder.id != info.id:
+            logger.warning("lost the state lock {} to another run", path)
+            return
+        info.expires_at = time.time() + LEASE_S
+        # The holder alone writes its lock file, so a replace cannot race.
+        _atomic_write(path, info.model_dump_json().encode())
+        renewals += 1
+        logger.debug("renewed lock {} ({} times)", info.id, renewals)
+
+
 def _holder_is_dead(holder: LockInfo) -> bool:
     if holder.host != socket.gethostname():
-        return False
+        # Another host's pids mean nothing here: only an expired lease counts.
+        return 0 < holder.expires_at < time.time()
     try:
         os.kill(holder.pid, 0)
     except ProcessLookupError:
