@@ -78,8 +78,10 @@ def format_path(path: Path) -> str:
 
 def read_yaml(text: str, file: str) -> Document:
     """Parse one YAML document strictly; raise StackErrors listing every problem."""
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        # The constructor already reads the text and rejects control characters.
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -91,9 +93,14 @@ def read_yaml(text: str, file: str) -> Document:
             fix="check the indentation and quoting around this position",
         ) from exc
     except yaml.YAMLError as exc:
-        raise StackError(f"invalid YAML: {exc}", file=file) from exc
+        raise StackError(
+            f"invalid YAML: {exc}".replace("\n", " "),
+            file=file,
+            fix="remove control characters and check the file's encoding",
+        ) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
     builder = _Builder(file)
     data = builder.build(node, ()) if node is not None else None
@@ -165,6 +172,16 @@ class _Builder:
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
         text, tag = node.value, node.tag
         line = node.start_mark.line + 1
+        if "\x00" in text:
+            self._fail(
+                line,
+                node,
+                path,
+                "the value contains a NUL character, which no command argument "
+                "or environment value can hold",
+                "remove the \\0 escape",
+            )
+            return None
         if tag == _TAG + "str" or node.style is not None:
             return text
         if tag == _TAG + "null":
