@@ -54,7 +54,7 @@ class ApplyOptions:
 
 
 class Outcome(StrEnum):
-    """How apply ended for one resource."""
+    """Outcome of apply for one resource."""
 
     DONE = "done"
     FAILED = "failed"
@@ -72,7 +72,7 @@ class ResourceResult:
 
 @dataclasses.dataclass
 class ApplyReport:
-    """What happened to every resource of a plan."""
+    """Outcomes of every resource of a plan."""
 
     results: list[ResourceResult] = dataclasses.field(default_factory=list)
 
@@ -109,10 +109,9 @@ class Interrupted(UbenchError):
 class Poller:
     """Share target refreshes between waiters: at most one query per round.
 
-    Every waiter asks for the handles it watches; the first one that asks after
-    the interval has passed refreshes all watched handles in one call, and the
-    others read its result. A failing refresh is retried with a counter before
-    it becomes an error.
+    The first waiter to call ``observe`` after the interval has passed refreshes
+    all watched handles in one call, and the other waiters read its result. A
+    failing refresh is retried with a counter before it becomes an error.
     """
 
     def __init__(self, target: Target, interval_s: float) -> None:

@@ -13,7 +13,7 @@ import signal
 FAILPOINT_ENV = "UBENCH_FAILPOINT"
 
 POINTS = frozenset({"before-submit", "after-submit", "health-wait", "destroy"})
-"""Where apply and destroy can be killed: see the calls of ``failpoint``."""
+"""Names of the steps at which apply and destroy can be killed."""
 
 
 def failpoint(name: str) -> None:

@@ -41,7 +41,7 @@ MERGED_MAPPINGS = (
 
 @dataclasses.dataclass(frozen=True)
 class Origin:
-    """Where a service field was written: the document and the value path."""
+    """Source of a service field: its document and value path."""
 
     document: Document
     path: ValuePath

@@ -28,7 +28,7 @@ class _Model(BaseModel):
 
 
 class Runtime(StrEnum):
-    """How the batch script starts the service's command."""
+    """Program that the batch script starts the service's command with."""
 
     HOST = "host"
     """Run the command directly on the node."""
@@ -93,7 +93,7 @@ class Metrics(_Model):
 
 
 class Resources(_Model):
-    """What the service asks of the scheduler, per job."""
+    """Resources a service requests from the scheduler, per job."""
 
     nodes: int = Field(1, ge=1)
     cpus: int = Field(1, ge=1, description="CPUs per task.")
@@ -236,7 +236,7 @@ class Service(ServiceFields):
 
 
 class TargetConfig(_Model):
-    """Where and how the stack's services run."""
+    """Target settings: where and how the stack's services run."""
 
     kind: Literal["local", "slurm", "kubernetes"] = "local"
     host: str | None = Field(

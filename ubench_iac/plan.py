@@ -30,7 +30,7 @@ from ubench_iac.targets.base import Handle, Target
 
 
 class Action(StrEnum):
-    """What apply will do to one resource."""
+    """Action that apply takes on one resource."""
 
     NO_OP = "no-op"
     """Desired and recorded agree, and the service still runs."""
@@ -167,7 +167,7 @@ def token_for(lineage: str, address: str, spec_hash: str) -> str:
 
 @dataclasses.dataclass
 class Refresh:
-    """What one refresh learned about a stack's recorded and unknown resources."""
+    """Result of one refresh: recorded resources, adopted ones and orphans."""
 
     observations: dict[str, Observation]
     """By address, for every recorded resource with a handle (adopted included)."""
@@ -289,8 +289,8 @@ def _adopt(changes: Sequence[ResourceChange], refresh: Refresh) -> None:
     """Take over jobs that an interrupted apply started but did not record.
 
     A pending operation found by its token is adopted as it is. An orphan is
-    adopted when it carries the token of the very spec the stack now wants
-    for an address that has nothing running; other orphans are stopped.
+    adopted when its token names the spec the stack now wants, for an address
+    with nothing running. Other orphans are stopped.
     """
     by_address = {c.address: c for c in changes}
     for address in refresh.adopted:
@@ -306,8 +306,8 @@ def _adopt(changes: Sequence[ResourceChange], refresh: Refresh) -> None:
             continue
         if change.action is not Action.CREATE or not observation.status.is_active:
             continue
-        wanted_hash = change.desired.spec_hash.removeprefix("sha256:")[:12]
-        if token_hash != wanted_hash:
+        expected_hash = change.desired.spec_hash.removeprefix("sha256:")[:12]
+        if token_hash != expected_hash:
             continue
         change.prior = ResourceState(
             address=address,

@@ -69,7 +69,7 @@ _jinja = jinja2.sandbox.SandboxedEnvironment(
 
 @dataclasses.dataclass(frozen=True)
 class DesiredResource:
-    """What one replica of a service should look like, fully resolved."""
+    """Desired state of one replica of a service, fully resolved."""
 
     address: str
     service: str
@@ -97,7 +97,7 @@ class DesiredResource:
 
 @dataclasses.dataclass(frozen=True)
 class DependencyView:
-    """What a dependent may read of a dependency's replica 0."""
+    """Values of a dependency's replica 0 that its dependents may use."""
 
     host: str
     ports: Mapping[str, int]

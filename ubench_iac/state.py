@@ -35,7 +35,7 @@ def now() -> str:
 
 
 class Endpoint(pydantic.BaseModel):
-    """Where a running service is reached."""
+    """Network location of a running service."""
 
     host: str
     port: int | None = None
@@ -201,7 +201,7 @@ LEASE_S = 300.0
 
 
 class LockInfo(pydantic.BaseModel):
-    """Who holds a state lock, written into the lock file."""
+    """Holder of a state lock, as written into the lock file."""
 
     id: str
     pid: int
@@ -279,7 +279,7 @@ def release_lock(path: Path, lock_id: str) -> None:
 
 
 def force_unlock(path: Path, lock_id: str) -> LockInfo:
-    """Remove the lock ``lock_id`` whoever holds it; the user vouches it is stale."""
+    """Remove the lock ``lock_id`` for a user who knows its holder is dead."""
     holder = read_lock(path)
     if holder is None:
         raise LockError(f"no lock to remove at {path}")
@@ -300,7 +300,7 @@ def _renew_lease(path: Path, info: LockInfo, stop: threading.Event) -> None:
             logger.warning("lost the state lock {} to another run", path)
             return
         info.expires_at = time.time() + LEASE_S
-        # The holder alone writes its lock file, so a replace cannot race.
+        # Only the holder rewrites its own lock file, and a rename is atomic.
         _atomic_write(path, info.model_dump_json().encode())
         renewals += 1
         logger.debug("renewed lock {} ({} times)", info.id, renewals)

@@ -178,7 +178,7 @@ class Workspace:
 
 
 def check_plan_matches(saved: Plan, current: Plan) -> None:
-    """Raise StalePlanError unless ``current`` does exactly what ``saved`` said."""
+    """Raise StalePlanError unless ``current`` does exactly what ``saved`` planned."""
     if saved.state_exists and saved.lineage != current.lineage:
         raise StalePlanError(
             f"the saved plan is for state lineage {saved.lineage}, but the state "

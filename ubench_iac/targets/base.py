@@ -2,8 +2,8 @@
 
 A target turns a resolved resource into something that runs (a detached process
 group, a Slurm job, a Kubernetes workload) and reports on it. ``refresh`` and
-``cancel`` take every handle of a stack at once, so a target can answer with one
-query (one ``squeue``, one API list call) whatever the number of services.
+``cancel`` take every handle of a stack at once, so a target can serve them
+with one query (one ``squeue``, one API list call) whatever the number of services.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class Target(abc.ABC):
     def scan(self, handles: Sequence[Handle], prefix: str) -> Scan:
         """Observe ``handles`` and find live ones whose token has ``prefix``.
 
-        The default makes two queries; a target whose one query answers both
+        The default makes two queries; a target whose single query returns both
         (one squeue call listing the user's jobs) overrides it.
         """
         observations = self.refresh(handles) if handles else []
