@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STACK ?= stacks/local-demo.yaml
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo demo-destroy test test-fast lint schema slurm-up slurm-down clean
+.PHONY: install demo demo-destroy slurm-demo test test-fast schema slurm-up slurm-down clean
 
 $(BIN)/ubench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,17 @@ demo: install
 demo-destroy: install
 	ubench destroy $(STACK) --auto-approve
 
+## Apply stacks/slurm-demo.yaml on a throwaway 3-node Slurm on this machine.
+slurm-demo: install
+	scripts/install-system-deps
+	scripts/make-busybox-image /tmp/ubench-images/busybox
+	out="$$(scripts/local-slurm up 3)" && eval "$$out" && \
+	  ubench apply stacks/slurm-demo.yaml --auto-approve && \
+	  ubench status stacks/slurm-demo.yaml
+
 ## Lint, type-check and run every test; Slurm tests start a throwaway cluster.
 test: install
+	scripts/install-system-deps
 	ruff check ubench_iac tests
 	ruff format --check ubench_iac tests
 	mypy

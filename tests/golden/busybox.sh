@@ -27,9 +27,11 @@ if ! command -v ch-run >/dev/null 2>&1; then
     echo "ubench: ch-run is not installed on $(hostname); install Charliecloud or use runtime: host" >&2
     exit 127
 fi
+# ch-run refuses to start without USER, and a batch job's environment is a copy
+# of the submitting one, which may lack it (cron, CI).
+export USER="${USER:-$(id -un)}"
 # ch-run passes the job's environment through, including the values above, and
 # uses the host network, so the service binds the node's ports directly.
 exec ch-run \
     --bind=/scratch/www:/www \
-    --cd=/scratch/ubench/golden/busybox-0 \
     /scratch/images/busybox -- /bin/busybox httpd -f -p 8080

@@ -11,11 +11,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ubench_iac.models import TargetConfig
+from ubench_iac.render import ScriptPaths, env_file_text, render_batch_script
 from ubench_iac.resolve import DesiredResource
 from ubench_iac.status import Observation
 
@@ -126,6 +128,40 @@ class Target(abc.ABC):
         Targets without a dry run (the local one) accept everything.
         """
         return None
+
+
+class BatchScriptTarget(Target):
+    """A target that runs the rendered batch script (local processes, Slurm)."""
+
+    def paths(self, resource: DesiredResource) -> ScriptPaths:
+        return ScriptPaths(
+            script=self.script_path(resource),
+            log=self.log_path(resource),
+            env_file=resource.run_dir / "secrets.env",
+        )
+
+    def render(self, resource: DesiredResource, token: str) -> str:
+        return render_batch_script(resource, self.config, token, self.paths(resource))
+
+    def write_job_files(self, submission: Submission) -> ScriptPaths:
+        """Write the script (0700) and its secrets file (0600) into the run dir.
+
+        The secrets file is written first, so the script never runs without it.
+        """
+        resource = submission.resource
+        paths = self.paths(resource)
+        resource.run_dir.mkdir(parents=True, exist_ok=True)
+        write_private(paths.env_file, env_file_text(resource))
+        write_private(paths.script, submission.script, mode=0o700)
+        return paths
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` to a file only its owner can read, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def get_target(config: TargetConfig, stack: str, workdir: Path) -> Target:

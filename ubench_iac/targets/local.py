@@ -22,10 +22,9 @@ from pathlib import Path
 from loguru import logger
 
 from ubench_iac.errors import TargetError
-from ubench_iac.render import ScriptPaths, env_file_text, render_batch_script
 from ubench_iac.resolve import DesiredResource
 from ubench_iac.status import JobStatus, Observation
-from ubench_iac.targets.base import Handle, Submission, Target
+from ubench_iac.targets.base import BatchScriptTarget, Handle, Submission
 
 _END_STATUS = {
     "completed": JobStatus.COMPLETED,
@@ -35,23 +34,13 @@ _END_STATUS = {
 }
 
 
-class LocalTarget(Target):
+class LocalTarget(BatchScriptTarget):
     """Run services as processes on the machine that runs ubench."""
 
     kind = "local"
 
     def predict_host(self) -> str:
         return self.config.host or "127.0.0.1"
-
-    def paths(self, resource: DesiredResource) -> ScriptPaths:
-        return ScriptPaths(
-            script=self.script_path(resource),
-            log=self.log_path(resource),
-            env_file=resource.run_dir / "secrets.env",
-        )
-
-    def render(self, resource: DesiredResource, token: str) -> str:
-        return render_batch_script(resource, self.config, token, self.paths(resource))
 
     def check_runtime(self, resource: DesiredResource) -> None:
         """Fail early when the runtime a service needs is not installed here."""
@@ -74,12 +63,9 @@ class LocalTarget(Target):
     def submit(self, submission: Submission) -> Handle:
         resource = submission.resource
         self.check_runtime(resource)
-        paths = self.paths(resource)
         run_dir = resource.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+        paths = self.write_job_files(submission)
         (run_dir / "status.json").unlink(missing_ok=True)
-        _write_private(paths.env_file, env_file_text(resource))
-        _write_private(paths.script, submission.script, mode=0o700)
 
         argv = [
             sys.executable,
@@ -228,10 +214,3 @@ def _is_alive(handle: Handle) -> bool:
 def _signal(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-
-
-def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    os.fchmod(fd, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
