@@ -78,6 +78,20 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture
+def write_stack(workdir: Path, cleanup_stacks: list[str]) -> Callable[[str], Path]:
+    """Write stack.yaml in the test's directory; destroy it after the test."""
+
+    def write(body: str) -> Path:
+        path = workdir / "stack.yaml"
+        path.write_text(body)
+        if str(path) not in cleanup_stacks:
+            cleanup_stacks.append(str(path))
+        return path
+
+    return write
+
+
+@pytest.fixture
 def cleanup_stacks(ubench: Callable[..., Result]) -> Iterator[list[str]]:
     """Destroy the stacks a test registers, even when the test fails."""
     stacks: list[str] = []

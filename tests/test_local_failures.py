@@ -23,18 +23,6 @@ def _http_service(name: str, port: int, extra: str = "") -> str:
 {extra}"""
 
 
-@pytest.fixture
-def write_stack(workdir: Path, cleanup_stacks: list[str]) -> Callable[[str], Path]:
-    def write(body: str) -> Path:
-        path = workdir / "stack.yaml"
-        path.write_text(body)
-        if str(path) not in cleanup_stacks:
-            cleanup_stacks.append(str(path))
-        return path
-
-    return write
-
-
 def test_failed_service_skips_dependents_and_reports_log(
     write_stack: Callable[[str], Path], workdir: Path, ubench: Callable[..., Result]
 ) -> None:

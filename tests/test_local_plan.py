@@ -15,18 +15,6 @@ import pytest
 from tests.conftest import PYTHON, Result, free_port, read_state
 
 
-@pytest.fixture
-def write_stack(workdir: Path, cleanup_stacks: list[str]) -> Callable[[str], Path]:
-    def write(body: str) -> Path:
-        path = workdir / "stack.yaml"
-        path.write_text(body)
-        if str(path) not in cleanup_stacks:
-            cleanup_stacks.append(str(path))
-        return path
-
-    return write
-
-
 def test_equivalent_spellings_plan_no_changes(
     write_stack: Callable[[str], Path], ubench: Callable[..., Result]
 ) -> None:
