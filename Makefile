@@ -12,7 +12,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 $(BIN)/ubench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,demo]'
+	$(BIN)/pip install --quiet -e '.[dev,demo,kubernetes]'
 	touch $@
 
 install: $(BIN)/ubench

@@ -460,7 +460,7 @@ class Applier:
         address = record.address
         log = logger.bind(address=address)
         observation = self._wait_healthy(record, desired)
-        host = observation.host or self.target.predict_host() or "localhost"
+        host = observation.host or self.target.predict_host(desired) or "localhost"
         record.status = observation.status.value
         record.healthy = True
         record.endpoint = Endpoint(
@@ -527,7 +527,7 @@ class Applier:
                 )
             if running_since is None:
                 running_since = time.monotonic()
-            if health is None:
+            if health is None or observation.ready is True:
                 return observation
             if time.monotonic() - running_since < float(health["initial_delay_s"]):
                 time.sleep(min(interval, self.options.poll_interval_s))

@@ -445,6 +445,10 @@ def logs(
     if resource is None or not resource.log:
         known = ", ".join(r.address for r in state.resources) if state else "(none)"
         raise UbenchError(f"no deployed service {address}; deployed: {known}")
+    remote = workspace.target.logs(resource.handle, lines) if resource.handle else None
+    if remote is not None:
+        click.echo(remote)
+        return
     click.echo(read_log_tail(resource.log, lines))
     if follow:
         _follow(Path(resource.log))
@@ -517,9 +521,10 @@ def render(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     for change in the_plan.changes:
-        if change.script is None:
+        if change.script is None or change.desired is None:
             continue
-        name = f"{change.service}-{change.index}.sh"
+        suffix = workspace.target.script_path(change.desired).suffix
+        name = f"{change.service}-{change.index}{suffix}"
         (out / name).write_text(change.script, encoding="utf-8")
         click.echo(f"wrote {out / name}")
 

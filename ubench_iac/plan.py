@@ -442,7 +442,7 @@ def _dependency_view(
     if change.action in (Action.NO_OP, Action.UPDATE) and prior and prior.endpoint:
         host = prior.endpoint.host
     else:
-        predicted = target.predict_host()
+        predicted = target.predict_host(desired)
         if predicted is None:
             return None
         host = predicted
@@ -565,7 +565,7 @@ def _output_changes(
         host = (
             change.prior.endpoint.host
             if change.action is Action.NO_OP and change.prior and change.prior.endpoint
-            else target.predict_host()
+            else target.predict_host(change.desired)
         )
         outputs = render_outputs(
             change.desired, host or UNKNOWN, loaded.stack.variables

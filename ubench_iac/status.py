@@ -69,3 +69,9 @@ class Observation:
     """Seconds until the time limit, None when unlimited or unknown."""
     raw_state: str = ""
     """The target's own word for the state (e.g. Slurm's NODE_FAIL)."""
+    ready: bool | None = None
+    """Readiness as the target itself probes it (a pod's Ready condition).
+
+    True lets apply skip its own health probe, which may be unable to reach
+    the service from outside a cluster network.
+    """

@@ -76,8 +76,8 @@ class Target(abc.ABC):
         return resource.run_dir / "service.log"
 
     @abc.abstractmethod
-    def predict_host(self) -> str | None:
-        """Return the host services will listen on, or None if unknown until run."""
+    def predict_host(self, resource: DesiredResource | None = None) -> str | None:
+        """Return the host a resource will listen on, or None if unknown until run."""
 
     @abc.abstractmethod
     def render(self, resource: DesiredResource, token: str) -> str:
@@ -121,6 +121,13 @@ class Target(abc.ABC):
                 )
             },
         )
+
+    def logs(self, handle: Handle, lines: int) -> str | None:
+        """Return the last ``lines`` of a service's log from the target.
+
+        None means the log is the file recorded in the state (local, Slurm).
+        """
+        return None
 
     def test_submit(self, submission: Submission) -> str | None:
         """Ask the scheduler whether it would accept a job; return its objection.

@@ -39,7 +39,7 @@ class LocalTarget(BatchScriptTarget):
 
     kind = "local"
 
-    def predict_host(self) -> str:
+    def predict_host(self, resource: DesiredResource | None = None) -> str:
         return self.config.host or "127.0.0.1"
 
     def check_runtime(self, resource: DesiredResource) -> None:

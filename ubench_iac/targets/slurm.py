@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ubench_iac.errors import TargetError
 from ubench_iac.models import TargetConfig
+from ubench_iac.resolve import DesiredResource
 from ubench_iac.slurm.client import (
     AccountingRow,
     CommandLineClient,
@@ -70,7 +71,7 @@ class SlurmTarget(BatchScriptTarget):
                     "ubench on a login node of the cluster"
                 )
 
-    def predict_host(self) -> None:
+    def predict_host(self, resource: DesiredResource | None = None) -> None:
         # The node is chosen by the scheduler when the job starts.
         return None
 
