@@ -32,6 +32,7 @@ fi
 export USER="${USER:-$(id -un)}"
 # ch-run passes the job's environment through, including the values above, and
 # uses the host network, so the service binds the node's ports directly.
+mkdir -p /scratch/www
 exec ch-run \
     --bind=/scratch/www:/www \
     /scratch/images/busybox -- /bin/busybox httpd -f -p 8080

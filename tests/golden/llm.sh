@@ -45,6 +45,8 @@ if [ ! -f /project/scratch/p200000/cache/vllm_vllm-openai_v0.6.3.post1.sif ]; th
     apptainer pull /project/scratch/p200000/cache/vllm_vllm-openai_v0.6.3.post1.sif.part."$$" docker://vllm/vllm-openai:v0.6.3.post1
     mv -f /project/scratch/p200000/cache/vllm_vllm-openai_v0.6.3.post1.sif.part."$$" /project/scratch/p200000/cache/vllm_vllm-openai_v0.6.3.post1.sif
 fi
+# apptainer refuses a bind whose source is missing.
+mkdir -p /project/scratch/hf
 exec apptainer exec \
     --cleanenv \
     --nv \

@@ -24,5 +24,5 @@ mkdir -p /scratch/ubench/golden/ray-0
 cd /scratch/ubench/golden/ray-0
 
 # The service replaces this shell, so a stop signal reaches it directly.
-exec srun --nodes=3 --ntasks-per-node=1 --kill-on-bad-exit=1 /bin/bash -c 'if [ "$SLURM_PROCID" = 0 ]; then exec ray start --head --block; fi
+exec srun --nodes=3 --ntasks-per-node=1 --cpus-per-task=8 --kill-on-bad-exit=1 /bin/bash -c 'if [ "$SLURM_PROCID" = 0 ]; then exec ray start --head --block; fi
 exec ray start --address "$HEAD:6379" --block'

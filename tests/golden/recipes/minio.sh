@@ -1,0 +1,54 @@
+#!/bin/bash
+#SBATCH --job-name=ubench:00000000-0000-0000-0000-000000000000:golden
+#SBATCH --comment=ubench:00000000-0000-0000-0000-000000000000:golden
+#SBATCH --output=/project/scratch/p200000/ubench/state/recipes/minio-0/service.log
+#SBATCH --open-mode=append
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=16G
+#SBATCH --time=240
+#SBATCH --account=p200000
+#SBATCH --partition=cpu
+#SBATCH --qos=default
+# Batch script of service.minio[0], rendered by ubench. `ubench apply` rewrites it:
+# edit the stack file instead. The #SBATCH lines are comments to bash, so the
+# local target runs this same file as a detached process group.
+set -euo pipefail
+
+module load env/release/2024.1
+module load Apptainer
+export UBENCH_TOKEN=ubench:00000000-0000-0000-0000-000000000000:golden
+export UBENCH_ADDRESS='service.minio[0]'
+export UBENCH_RUN_DIR=/project/scratch/p200000/ubench/state/recipes/minio-0
+export MINIO_PROMETHEUS_AUTH_TYPE=public
+# Secret values are not written here: they are read at run time from a file
+# that only the owner can read.
+set -a
+. /project/scratch/p200000/ubench/state/recipes/minio-0/secrets.env
+set +a
+
+mkdir -p /project/scratch/p200000/ubench/state/recipes/minio-0
+cd /project/scratch/p200000/ubench/state/recipes/minio-0
+
+if ! command -v apptainer >/dev/null 2>&1; then
+    echo "ubench: apptainer is not installed on $(hostname); load its module (module load Apptainer) or use runtime: host" >&2
+    exit 127
+fi
+# Pull the image once into the cache; never into $HOME by accident.
+export APPTAINER_CACHEDIR=/project/scratch/p200000/ubench/apptainer-cache
+mkdir -p "$APPTAINER_CACHEDIR"
+if [ ! -f /project/scratch/p200000/ubench/apptainer-cache/minio_minio_RELEASE.2024-11-07T00-52-20Z.sif ]; then
+    # Pull under a unique name and rename, so two jobs pulling at once do not
+    # see a half-written image (apptainer pull refuses an existing file).
+    apptainer pull /project/scratch/p200000/ubench/apptainer-cache/minio_minio_RELEASE.2024-11-07T00-52-20Z.sif.part."$$" docker://minio/minio:RELEASE.2024-11-07T00-52-20Z
+    mv -f /project/scratch/p200000/ubench/apptainer-cache/minio_minio_RELEASE.2024-11-07T00-52-20Z.sif.part."$$" /project/scratch/p200000/ubench/apptainer-cache/minio_minio_RELEASE.2024-11-07T00-52-20Z.sif
+fi
+# apptainer refuses a bind whose source is missing.
+mkdir -p /project/scratch/p200000/ubench/state/recipes/minio-0
+exec apptainer exec \
+    --cleanenv \
+    --bind /project/scratch/p200000/ubench/state/recipes/minio-0:/project/scratch/p200000/ubench/state/recipes/minio-0 \
+    --env MINIO_PROMETHEUS_AUTH_TYPE=public \
+    --env-file /project/scratch/p200000/ubench/state/recipes/minio-0/secrets.env \
+    /project/scratch/p200000/ubench/apptainer-cache/minio_minio_RELEASE.2024-11-07T00-52-20Z.sif minio server /project/scratch/p200000/ubench/state/recipes/minio-0/minio --address 0.0.0.0:23671 --console-address 0.0.0.0:24597
