@@ -16,7 +16,7 @@ from ubench_iac.errors import UbenchError
 from ubench_iac.loader import load_stack
 from ubench_iac.models import TargetConfig
 from ubench_iac.plan import make_plan
-from ubench_iac.render import ScriptPaths, render_batch_script
+from ubench_iac.render import ScriptPaths, env_file_text, render_batch_script
 from ubench_iac.resolve import Resolver
 from ubench_iac.workspace import Workspace
 
@@ -121,7 +121,13 @@ def test_rendered_values_never_escape_quoting(
                 "name": "quoting",
                 "services": {
                     "echo": {
-                        "command": ["/usr/bin/printf", "%s\\0", *words],
+                        "command": [
+                            "/bin/bash",
+                            "-c",
+                            'printf "%s\\0" "$@"; printf "%s" "$VALUE" >&2',
+                            "argv0",
+                            *words,
+                        ],
                         "environment": {"VALUE": value},
                     }
                 },
@@ -141,8 +147,14 @@ def test_rendered_values_never_escape_quoting(
     )
     script = render_batch_script(resource, TargetConfig(), "token", paths)
     (tmp_path / "job.sh").write_text(script)
+    # Values with commas go to the env file, which submit writes beside it.
+    paths.env_file.write_text(env_file_text(resource))
     result = subprocess.run(
         ["/bin/bash", str(tmp_path / "job.sh")], capture_output=True, check=True
     )
-    expected = resource.spec["command"]["argv"][2:]
+    expected = resource.spec["command"]["argv"][4:]
     assert result.stdout.decode("utf-8", "surrogateescape").split("\0")[:-1] == expected
+    assert (
+        result.stderr.decode("utf-8", "surrogateescape")
+        == (resource.spec["environment"]["VALUE"])
+    )

@@ -267,3 +267,31 @@ def test_hostile_environment_never_escapes_quoting(tmp_path: Path) -> None:
     )
     for i, value in enumerate(HOSTILE):
         assert environment[f"V{i}"] == value
+
+
+def test_multi_node_apptainer_passes_task_variables(tmp_path: Path) -> None:
+    """Each srun task hands its own SLURM_NODEID to the container."""
+    import re
+
+    stack = tmp_path / "wide.yaml"
+    stack.write_text(
+        "name: wide\nservices:\n  ray:\n    image: docker://rayproject/ray:2.9.0\n"
+        "    command: [ray, start, --block]\n    resources: {nodes: 2}\n"
+    )
+    loaded = load_stack(stack)
+    resource = Resolver(loaded, tmp_path / "run", "k").resolve("ray", 0, {})
+    script = _render(resource, _config())
+    wrapper = re.search(r"/bin/bash -c ('.*?') ubench-task", script)
+    assert wrapper is not None
+    assert "srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=1" in script
+
+    result = subprocess.run(
+        f"/bin/bash -c {wrapper.group(1)} ubench-task /usr/bin/env",
+        shell=True,
+        env={"SLURM_NODEID": "1", "SLURM_PROCID": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "APPTAINERENV_SLURM_NODEID=1\n" in result.stdout
+    assert "APPTAINERENV_SLURM_PROCID=1\n" in result.stdout

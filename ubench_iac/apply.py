@@ -374,6 +374,7 @@ class Applier:
                 continue
             views[name] = DependencyView(
                 host=recorded.endpoint.host,
+                port=recorded.endpoint.port,
                 ports=recorded.endpoint.ports,
                 outputs=recorded.outputs,
             )

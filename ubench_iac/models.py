@@ -117,6 +117,9 @@ class EnvValue(_Model):
         pattern=ENV_NAME_PATTERN,
         description="Name of a variable in the environment of the person applying.",
     )
+    default: str | None = Field(
+        None, description="Value used when the from_env variable is not set."
+    )
     secret: bool = Field(
         False,
         description="Keep the value out of plans, state, logs and rendered scripts.",

@@ -447,7 +447,9 @@ def _dependency_view(
             return None
         host = predicted
     outputs = render_outputs(desired, host, loaded.stack.variables)
-    return DependencyView(host=host, ports=desired.ports, outputs=outputs)
+    return DependencyView(
+        host=host, port=desired.primary_port, ports=desired.ports, outputs=outputs
+    )
 
 
 def diff_resource(

@@ -107,6 +107,7 @@ def script_context(
         "gpus": resources["gpus"],
         "nodes": resources["nodes"],
         "tasks_per_node": resources["tasks_per_node"],
+        "cpus": resources["cpus"],
     }
 
 

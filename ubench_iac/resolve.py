@@ -92,7 +92,9 @@ class DesiredResource:
 
     @property
     def primary_port(self) -> int | None:
-        return next(iter(self.spec["ports"].values()), None)
+        """Return the first port in declared order; the spec sorts port names."""
+        declared = list(self.definition.service.ports or {})
+        return self.spec["ports"][declared[0]] if declared else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +102,15 @@ class DependencyView:
     """Values of a dependency's replica 0 that its dependents may use."""
 
     host: str
+    port: int | None
+    """The dependency's first declared port."""
     ports: Mapping[str, int]
     outputs: Mapping[str, str]
 
     def as_context(self) -> dict[str, Any]:
-        port = next(iter(self.ports.values()), None)
         return {
             "host": self.host,
-            "port": port,
+            "port": self.port,
             "ports": dict(self.ports),
             "outputs": dict(self.outputs),
         }
@@ -186,6 +189,7 @@ class Resolver:
             "stack": {
                 "name": self.loaded.name,
                 "file_sd_dir": str(file_sd_dir(self.run_root)),
+                "workdir": str(self.run_root),
             },
             "service": {
                 "name": service,
@@ -263,13 +267,17 @@ class Resolver:
                 environment[name] = render.text(path, str(value)) or ""
                 continue
             if value.from_env is not None:
-                if value.from_env not in self.environ:
+                if value.from_env in self.environ:
+                    text = self.environ[value.from_env]
+                elif value.default is not None:
+                    text = value.default
+                else:
                     raise definition.error(
                         path,
                         f"environment variable {value.from_env} is not set",
-                        f"export {value.from_env}=... before running ubench",
+                        f"export {value.from_env}=... before running ubench, or "
+                        "give the value a 'default'",
                     )
-                text = self.environ[value.from_env]
             else:
                 text = render.text(path, value.value) or ""
             if value.secret:
@@ -516,6 +524,7 @@ def render_outputs(
             "run_dir": str(resource.run_dir),
         },
         "var": dict(variables),
+        "params": dict(resource.definition.service.params or {}),
     }
     outputs: dict[str, str] = {}
     for key, template in resource.spec["outputs"].items():
