@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import socket
@@ -98,3 +99,29 @@ def cleanup_stacks(ubench: Callable[..., Result]) -> Iterator[list[str]]:
     yield stacks
     for stack in stacks:
         ubench("destroy", stack, "--auto-approve")
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def assert_golden(name: str, text: str) -> None:
+    """Compare with tests/golden/NAME; UBENCH_UPDATE_GOLDEN=1 re-records it."""
+    path = GOLDEN / name
+    if os.environ.get("UBENCH_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    expected = path.read_text() if path.exists() else ""
+    if text != expected:
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                text.splitlines(keepends=True),
+                f"golden/{name}",
+                "rendered",
+            )
+        )
+        pytest.fail(
+            f"rendering differs from tests/golden/{name}; if the change is "
+            f"intended, re-record with UBENCH_UPDATE_GOLDEN=1:\n{diff}"
+        )

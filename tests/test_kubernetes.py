@@ -26,23 +26,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
-from tests.conftest import Result, read_state
-from tests.test_render import assert_golden
+from tests.conftest import Result, assert_golden, read_state
 from ubench_iac.errors import RenderError, TargetError
+from ubench_iac.k8s.api import KubernetesApi
+from ubench_iac.k8s.manifest import label_value, no_expansion, object_name, yaml_str
+from ubench_iac.k8s.observe import observe_job
 from ubench_iac.loader import load_stack
 from ubench_iac.models import TargetConfig
 from ubench_iac.resolve import DesiredResource, Resolver
 from ubench_iac.status import JobStatus
 from ubench_iac.targets.base import Submission
-from ubench_iac.targets.kubernetes import (
-    KubernetesApi,
-    KubernetesTarget,
-    label_value,
-    no_expansion,
-    object_name,
-    observe_job,
-    yaml_str,
-)
+from ubench_iac.targets.kubernetes import KubernetesTarget
 
 try:
     import kubernetes  # noqa: F401

@@ -13,7 +13,6 @@ the ollama and vllm programs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import glob
 import http.client
 import json
@@ -34,7 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import PYTHON, Result, free_port
+from tests.conftest import PYTHON, Result, assert_golden, free_port
 from ubench_iac.loader import LoadedStack, builtin_recipes, load_stack
 from ubench_iac.models import Recipe
 from ubench_iac.paths import data_dir
@@ -167,30 +166,6 @@ def _split_apptainer(words: list[str]) -> tuple[list[str], str, list[str]]:
     return options, words[position], words[position + 1 :]
 
 
-def assert_golden(name: str, text: str) -> None:
-    """Compare with tests/golden/recipes/NAME, or re-record it when
-    UBENCH_UPDATE_GOLDEN=1."""
-    path = GOLDEN / name
-    if os.environ.get("UBENCH_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return
-    expected = path.read_text() if path.exists() else ""
-    if text != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                text.splitlines(keepends=True),
-                f"golden/recipes/{name}",
-                "rendered",
-            )
-        )
-        pytest.fail(
-            f"rendering differs from tests/golden/recipes/{name}; if the change "
-            f"is intended, re-record with UBENCH_UPDATE_GOLDEN=1:\n{diff}"
-        )
-
-
 def test_recipe_library_has_every_recipe() -> None:
     assert set(RECIPES) == {
         "chroma",
@@ -239,7 +214,7 @@ def test_recipe_header_documents_it(recipe: str) -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_matches_golden(recipe: str, rendered: dict[str, Rendered]) -> None:
-    assert_golden(f"{recipe}.sh", rendered[recipe].script)
+    assert_golden(f"recipes/{recipe}.sh", rendered[recipe].script)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

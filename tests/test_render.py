@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
-import os
 import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import assert_golden
 from ubench_iac.loader import load_stack
 from ubench_iac.models import TargetConfig
 from ubench_iac.render import ScriptPaths, render_batch_script
@@ -95,28 +94,6 @@ def _config() -> TargetConfig:
         modules=["env/release/2024.1", "Apptainer"],
         image_cache="/project/scratch/p200000/cache",
     )
-
-
-def assert_golden(name: str, text: str) -> None:
-    """Compare with tests/golden/NAME; UBENCH_UPDATE_GOLDEN=1 re-records it."""
-    path = GOLDEN / name
-    if os.environ.get("UBENCH_UPDATE_GOLDEN") == "1":
-        path.write_text(text)
-        return
-    expected = path.read_text() if path.exists() else ""
-    if text != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                text.splitlines(keepends=True),
-                f"golden/{name}",
-                "rendered",
-            )
-        )
-        pytest.fail(
-            f"rendering differs from tests/golden/{name}; if the change is "
-            f"intended, re-record with UBENCH_UPDATE_GOLDEN=1:\n{diff}"
-        )
 
 
 @pytest.mark.parametrize(

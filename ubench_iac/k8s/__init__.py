@@ -1,0 +1,1 @@
+"""Kubernetes support: manifests, status mapping and API calls."""
