@@ -170,3 +170,46 @@ def test_apply_without_tty_needs_approval(
     result = ubench("apply", str(stack))
     assert result.exit_code == 1
     assert "--auto-approve" in result.stderr
+
+
+def test_expiring_service_listed_and_renewed(
+    write_stack: Callable[[str], Path], ubench: Callable[..., Result]
+) -> None:
+    stack = write_stack(
+        """\
+name: expiring
+services:
+  short:
+    command: ["sleep", "3600"]
+    resources: {time_limit: 20}
+  long:
+    command: ["sleep", "3600"]
+    resources: {time_limit: "2:00:00"}
+"""
+    )
+    assert ubench("apply", str(stack), "--auto-approve").exit_code == 0
+    status = json.loads(ubench("status", str(stack), "--json").stdout)
+    left = {row["address"]: row["time_left"] for row in status}
+    assert left["service.short[0]"].startswith("19m")
+
+    listed = ubench("plan", str(stack), "--expiring-within", "30")
+    assert "reaching their time limit within 30 min" in listed.stdout
+    assert "service.short[0]: 19 min" in listed.stdout
+    assert "service.long[0]" not in listed.stdout.split("No changes")[0]
+    assert "Run 'ubench plan --renew'" in listed.stdout
+
+    renewed = ubench("plan", str(stack), "--renew", "--json")
+    changes = json.loads(renewed.stdout)["resource_changes"]
+    actions = {c["address"]: c["change"]["actions"] for c in changes}
+    assert actions["service.short[0]"] == ["delete", "create"]
+    assert actions["service.long[0]"] == ["no-op"]
+    short = next(c for c in changes if c["address"] == "service.short[0]")
+    assert short["action_reason"] == "replace_by_request"
+
+    summary = ubench("plan", str(stack), "--renew")
+    assert "Requested: 0.33 node-hours, 0.00 GPU-hours." in summary.stdout
+
+    renewing = ubench("apply", str(stack), "--renew", "--auto-approve")
+    assert renewing.exit_code == 0, renewing.output
+    assert "service.short[0]: stopping for replacement" in renewing.stderr
+    assert "service.long[0]: stopping" not in renewing.stderr

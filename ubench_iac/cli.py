@@ -208,12 +208,28 @@ def _apply_options(parallelism: int) -> ApplyOptions:
 @click.option(
     "--parallelism", default=4, show_default=True, help="Services started at once."
 )
+@click.option(
+    "--renew",
+    is_flag=True,
+    help="Also replace running jobs that reach their time limit within "
+    "--expiring-within minutes.",
+)
+@click.option(
+    "--expiring-within",
+    "expiring_within_min",
+    type=click.IntRange(min=0),
+    default=30,
+    show_default=True,
+    help="Minutes before the time limit that count as expiring, for --renew.",
+)
 def apply(
     stack_or_plan: str,
     state_path: str | None,
     variables: Sequence[str],
     auto_approve: bool,
     parallelism: int,
+    renew: bool,
+    expiring_within_min: int,
 ) -> None:
     """Create, replace or delete services so they match the stack file.
 
@@ -227,7 +243,10 @@ def apply(
         confirm = None
     else:
         workspace = _open(stack_or_plan, state_path, variables)
-        the_plan = workspace.plan()
+        the_plan = workspace.plan(
+            expiring_within_s=expiring_within_min * 60 if renew else None,
+            renew=renew,
+        )
         click.echo(format_plan(the_plan), nl=False)
         if not the_plan.has_changes:
             return

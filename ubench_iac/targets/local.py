@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -93,11 +94,13 @@ class LocalTarget(BatchScriptTarget):
                 start_new_session=True,
                 close_fds=True,
             )
+        limit_s = resource.spec["resources"]["time_limit_s"]
         return {
             "pid": process.pid,
             "start_time": _start_time(process.pid),
             "host": socket.gethostname(),
             "run_dir": str(run_dir),
+            "deadline": time.time() + limit_s if limit_s else None,
         }
 
     def refresh(self, handles: Sequence[Handle]) -> list[Observation]:
@@ -116,7 +119,11 @@ class LocalTarget(BatchScriptTarget):
     def _observe(self, handle: Handle) -> Observation:
         host = self.predict_host()
         if _is_alive(handle):
-            return Observation(JobStatus.RUNNING, host=host, nodes=(host,))
+            deadline = handle.get("deadline")
+            left_s = max(int(deadline - time.time()), 0) if deadline else None
+            return Observation(
+                JobStatus.RUNNING, host=host, nodes=(host,), time_left_s=left_s
+            )
         status_file = Path(handle["run_dir"]) / "status.json"
         try:
             outcome = json.loads(status_file.read_text())
