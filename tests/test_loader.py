@@ -41,6 +41,7 @@ CASES = [
     ("bad_template.yaml", 5, "invalid template", "fix the syntax"),
     ("unknown_health_port.yaml", 8, "unknown port name 'grpc'", "http"),
     ("unknown_profile.yaml", 2, "unknown cluster profile", "meluxina"),
+    ("endpoint_node_out_of_range.yaml", 6, "not a node of a 2-node job", "0 to 1"),
 ]
 
 
@@ -154,3 +155,27 @@ def test_var_override_must_be_declared(tmp_path: Path) -> None:
     assert load_stack(path, {"model": "b"}).stack.variables["model"] == "b"
     with pytest.raises(UbenchError, match="--var modle is not a variable"):
         load_stack(path, {"modle": "b"})
+
+
+@pytest.mark.parametrize(
+    ("image", "warned"),
+    [
+        ("docker://redis:latest", True),
+        ("docker://redis", True),
+        ("docker://registry:5000/team/redis", True),
+        ("docker://redis:7.2.4", False),
+        ("docker://registry:5000/team/redis:7.2.4", False),
+        ("docker://redis@sha256:" + "0" * 64, False),
+        ("/project/images/redis.sif", False),
+    ],
+)
+def test_floating_image_tag_warns(
+    image: str, warned: bool, tmp_path: Path, ubench: Callable[..., Result]
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nservices:\n  db:\n    image: {image}\n")
+    result = ubench("validate", str(path))
+    assert result.exit_code == 0, result.output
+    assert ("has no pinned tag" in result.stderr) is warned
+    if warned:
+        assert f"{path}:4: image {image}" in result.stderr

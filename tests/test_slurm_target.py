@@ -53,6 +53,7 @@ services:
       exec "{python}" -m http.server {{{{ port }}}} --bind "$(hostname)"
     ports: {{http: {wide_port}}}
     resources: {{nodes: 2}}
+    slurm: {{endpoint_node: 1}}
     health: {{type: http, interval_s: 0.2}}
   web:
     depends_on: [files]
@@ -153,7 +154,7 @@ def test_slurm_two_node_service_answers_on_both_nodes(
     statuses = [_get(node, endpoint["port"])[0] for node in endpoint["nodes"]]
 
     assert len(set(endpoint["nodes"])) == 2
-    assert endpoint["host"] == endpoint["nodes"][0]
+    assert endpoint["host"] == endpoint["nodes"][1]
     assert statuses == [200, 200]
 
 

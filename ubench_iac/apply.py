@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -461,7 +462,7 @@ class Applier:
         address = record.address
         log = logger.bind(address=address)
         observation = self._wait_healthy(record, desired)
-        host = observation.host or self.target.predict_host(desired) or "localhost"
+        host = self._endpoint_host(observation, desired)
         record.status = observation.status.value
         record.healthy = True
         record.endpoint = Endpoint(
@@ -484,11 +485,23 @@ class Applier:
         health = desired.spec["health"]
         self.poller.watch(record.address, record.handle)
         try:
-            return self._wait_loop(record, health)
+            return self._wait_loop(record, desired, health)
         finally:
             self.poller.unwatch(record.address)
 
-    def _wait_loop(self, record: ResourceState, health: dict | None) -> Observation:  # type: ignore[type-arg]
+    def _endpoint_host(self, observation: Observation, desired: DesiredResource) -> str:
+        """Return the host to reach: the job's first node unless the spec picks one."""
+        index = desired.spec["slurm"].get("endpoint_node")
+        if index is not None and len(observation.nodes) > index:
+            return str(observation.nodes[index])
+        return observation.host or self.target.predict_host(desired) or "localhost"
+
+    def _wait_loop(
+        self,
+        record: ResourceState,
+        desired: DesiredResource,
+        health: dict[str, Any] | None,
+    ) -> Observation:
         started = time.monotonic()
         running_since: float | None = None
         interval = (
@@ -533,7 +546,7 @@ class Applier:
             if time.monotonic() - running_since < float(health["initial_delay_s"]):
                 time.sleep(min(interval, self.options.poll_interval_s))
                 continue
-            host = observation.host or self.target.predict_host() or "localhost"
+            host = self._endpoint_host(observation, desired)
             healthy, detail = probe(health, host)
             attempts += 1
             if healthy:

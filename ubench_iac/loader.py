@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import jsonschema
 import pydantic
+from loguru import logger
 
 from ubench_iac.errors import StackError, StackErrors
 from ubench_iac.models import Recipe, Runtime, Service, Stack, TargetConfig
@@ -392,6 +393,17 @@ def _check_service(definition: ServiceDefinition) -> None:
             f"runtime '{runtime}' needs an image",
             "set 'image', or use 'runtime: host'",
         )
+    if service.image and _floating_tag(service.image):
+        origin = definition.origins.get("image") or definition.origins[""]
+        mark = origin.document.mark((*origin.path, "image"))
+        where = f"{origin.document.file}:{mark.line}" if mark else origin.document.file
+        logger.warning(
+            "{}: image {} of service '{}' has no pinned tag, so runs may get "
+            "different images; pin a version tag",
+            where,
+            service.image,
+            definition.name,
+        )
     # Without a command, apptainer runs the image's own runscript.
     if not service.command and runtime is not Runtime.APPTAINER:
         raise definition.error(
@@ -399,12 +411,28 @@ def _check_service(definition: ServiceDefinition) -> None:
             f"service '{definition.name}' has no command",
             "set 'command' in the service or its recipe",
         )
+    nodes = service.resources.nodes if service.resources else 1
+    endpoint_node = service.slurm.endpoint_node if service.slurm else None
+    if endpoint_node is not None and endpoint_node >= nodes:
+        raise definition.error(
+            ("slurm", "endpoint_node"),
+            f"endpoint_node {endpoint_node} is not a node of a {nodes}-node job",
+            f"use an index from 0 to {nodes - 1}",
+        )
     if service.args and isinstance(service.command, str):
         raise definition.error(
             ("args",),
             "'args' needs 'command' as a list; a string command is a bash script",
             "write the arguments into the script, or make 'command' a list",
         )
+
+
+def _floating_tag(image: str) -> bool:
+    """Whether a docker:// image names no tag, or the moving tag 'latest'."""
+    if not image.startswith("docker://") or "@sha256:" in image:
+        return False
+    name = image.removeprefix("docker://").rsplit("/", 1)[-1]
+    return ":" not in name or name.endswith(":latest")
 
 
 def effective_runtime(service: Service) -> Runtime:

@@ -164,6 +164,12 @@ class SlurmOptions(_Model):
     account: str | None = None
     constraint: str | None = None
     exclusive: bool | None = None
+    endpoint_node: int | None = Field(
+        None,
+        ge=0,
+        description="Index in the job's node list of the node whose address is "
+        "the endpoint; default 0, the first node.",
+    )
     extra_directives: list[str] = Field(
         default_factory=list, description="Raw sbatch options, e.g. --reservation=x."
     )
