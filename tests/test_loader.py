@@ -42,6 +42,8 @@ CASES = [
     ("unknown_health_port.yaml", 8, "unknown port name 'grpc'", "http"),
     ("unknown_profile.yaml", 2, "unknown cluster profile", "meluxina"),
     ("endpoint_node_out_of_range.yaml", 6, "not a node of a 2-node job", "0 to 1"),
+    ("hostile_partition.yaml", 6, "invalid value 'gpu\\n#SBATCH", "matching"),
+    ("hostile_directive.yaml", 5, "invalid value '--reservation=x; rm", "matching"),
 ]
 
 

@@ -18,6 +18,10 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 PORT_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,30}$"
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+SlurmWord = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,:&|!()\[\]+=@-]+$")]
+"""A value of an #SBATCH option: no space, quote or line break to escape it."""
+SbatchOption = Annotated[str, Field(pattern=r"^--?[A-Za-z][A-Za-z0-9-]*(=[^\s\"']+)?$")]
+"""A raw sbatch option such as --reservation=x, written into an #SBATCH line."""
 EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 PortName = Annotated[str, Field(pattern=PORT_NAME_PATTERN)]
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
@@ -159,10 +163,10 @@ def _parse_bind(value: Any) -> Any:
 class SlurmOptions(_Model):
     """Per-service Slurm settings that override the target's cluster profile."""
 
-    partition: str | None = None
-    qos: str | None = None
-    account: str | None = None
-    constraint: str | None = None
+    partition: SlurmWord | None = None
+    qos: SlurmWord | None = None
+    account: SlurmWord | None = None
+    constraint: SlurmWord | None = None
     exclusive: bool | None = None
     endpoint_node: int | None = Field(
         None,
@@ -170,7 +174,7 @@ class SlurmOptions(_Model):
         description="Index in the job's node list of the node whose address is "
         "the endpoint; default 0, the first node.",
     )
-    extra_directives: list[str] = Field(
+    extra_directives: list[SbatchOption] = Field(
         default_factory=list, description="Raw sbatch options, e.g. --reservation=x."
     )
 
@@ -262,17 +266,17 @@ class TargetConfig(_Model):
     profile: str | None = Field(
         None, description="slurm: cluster profile name (e.g. meluxina) or file."
     )
-    account: str | None = None
-    partition: str | None = None
-    gpu_partition: str | None = None
-    qos: str | None = None
+    account: SlurmWord | None = None
+    partition: SlurmWord | None = None
+    gpu_partition: SlurmWord | None = None
+    qos: SlurmWord | None = None
     time_limit: str | int | None = None
     modules: list[str] | None = None
     gpu_directive: GpuDirective | None = None
     image_cache: str | None = Field(
         None, description="Directory for pulled images (APPTAINER_CACHEDIR)."
     )
-    extra_directives: list[str] | None = None
+    extra_directives: list[SbatchOption] | None = None
     namespace: str | None = Field(None, description="kubernetes: namespace.")
 
 
