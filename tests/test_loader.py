@@ -42,6 +42,11 @@ CASES = [
     ("unknown_health_port.yaml", 8, "unknown port name 'grpc'", "http"),
     ("unknown_profile.yaml", 2, "unknown cluster profile", "meluxina"),
     ("endpoint_node_out_of_range.yaml", 6, "not a node of a 2-node job", "0 to 1"),
+    ("unknown_health_type.yaml", 7, "invalid value 'grpc'", "http, tcp, command"),
+    ("replicas_zero.yaml", 5, "less than the minimum of 1", "at least 1"),
+    ("unknown_output.yaml", 8, "'nope' is undefined in services.api", "outputs"),
+    ("bash_length_syntax.yaml", 4, "comment", "{% raw %}"),
+    ("boolean_in_argv.yaml", 4, "expected string", "'false'"),
     ("hostile_partition.yaml", 6, "invalid value 'gpu\\n#SBATCH", "matching"),
     ("hostile_directive.yaml", 5, "invalid value '--reservation=x; rm", "matching"),
 ]

@@ -213,3 +213,28 @@ services:
     assert renewing.exit_code == 0, renewing.output
     assert "service.short[0]: stopping for replacement" in renewing.stderr
     assert "service.long[0]: stopping" not in renewing.stderr
+
+
+def test_port_in_use_fails_before_start(
+    write_stack: Callable[[str], Path], ubench: Callable[..., Result]
+) -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        stack = write_stack(
+            f"""\
+name: taken
+services:
+  web:
+    command: ["{PYTHON}", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+    ports: {{http: {port}}}
+    health: {{type: tcp, interval_s: 0.2}}
+"""
+        )
+        result = ubench("apply", str(stack), "--auto-approve")
+    assert result.exit_code == 1
+    assert f"port http={port} is already in use" in result.stderr
+    assert "healthy" not in result.stderr

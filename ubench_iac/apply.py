@@ -135,11 +135,14 @@ class Poller:
             self._watched.pop(address, None)
             self._latest.pop(address, None)
 
-    def observe(self, address: str) -> Observation | None:
-        """Return a recent observation of ``address``, refreshing if it is due."""
+    def observe(self, address: str, *, fresh: bool = False) -> Observation | None:
+        """Return a recent observation of ``address``, refreshing if it is due.
+
+        ``fresh`` forces a new round, for a check that must postdate an event.
+        """
         with self._lock:
             due = time.monotonic() - self._last_round >= self.interval_s
-            if (due or address not in self._latest) and self._watched:
+            if (fresh or due or address not in self._latest) and self._watched:
                 self._refresh()
             return self._latest.get(address)
 
@@ -550,7 +553,7 @@ class Applier:
             healthy, detail = probe(health, host)
             attempts += 1
             if healthy:
-                return observation
+                return self._confirm_alive(record, detail)
             logger.debug(
                 "{}: health probe {}/{} failed: {}",
                 record.address,
@@ -565,6 +568,22 @@ class Applier:
                 )
             time.sleep(interval)
             interval = min(interval * 1.5, max_interval)
+
+    def _confirm_alive(self, record: ResourceState, detail: str) -> Observation:
+        """Check that the service still runs after its health check passed.
+
+        Another process listening on the same port can answer the probe while
+        the service itself has already failed to bind it and exited.
+        """
+        observation = self.poller.observe(record.address, fresh=True)
+        if observation is None or observation.status.is_terminal:
+            ended = observation.status.value if observation else "gone"
+            raise ServiceFailed(
+                f"the health check passed ({detail}) but the service had ended "
+                f"({ended}); another process may hold its port",
+                _log_tail(record.log),
+            )
+        return observation
 
     def _note_status(self, record: ResourceState, observation: Observation) -> None:
         record.status = observation.status.value

@@ -20,7 +20,7 @@ from loguru import logger
 
 from ubench_iac import __version__
 from ubench_iac.apply import ApplyOptions, read_log_tail
-from ubench_iac.errors import StackError, UbenchError
+from ubench_iac.errors import StackError, StackErrors, UbenchError
 from ubench_iac.health import probe
 from ubench_iac.output import format_expiring, format_plan, plan_json
 from ubench_iac.plan import Plan
@@ -116,9 +116,13 @@ def validate(stack: str, state_path: str | None, variables: Sequence[str]) -> No
     workspace = _open(stack, state_path, variables)
     plan = _plan_offline(workspace)
     click.echo(
-        f"{stack}: valid; {len(workspace.loaded.services)} services, "
-        f"{len(plan.changes)} resources, target {workspace.target.kind}."
+        f"{stack}: valid; {_count(len(workspace.loaded.services), 'service')}, "
+        f"{_count(len(plan.changes), 'resource')}, target {workspace.target.kind}."
     )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _plan_offline(workspace: Workspace) -> Plan:
@@ -237,6 +241,12 @@ def apply(
     plan, and reject it if the state or the services changed since.
     """
     saved = read_plan_file(Path(stack_or_plan))
+    if saved is None and _looks_like_plan_file(Path(stack_or_plan)):
+        raise UbenchError(
+            f"{stack_or_plan} is not a valid ubench plan file (unreadable, cut "
+            "short, or from another tool): make a new one with "
+            "'ubench plan STACK -out FILE'"
+        )
     if saved is not None:
         workspace = Workspace.open(saved["stack_path"], state_path, saved["variables"])
         the_plan = plan_from_file(saved)
@@ -280,6 +290,17 @@ def destroy(
     click.echo("Destroy complete.")
 
 
+def _looks_like_plan_file(path: Path) -> bool:
+    """Whether a path that is no valid plan file was meant to be one."""
+    if path.suffix in (".plan", ".json", ".tfplan"):
+        return True
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(1) == "{"
+    except OSError:
+        return False
+
+
 def _confirm(the_plan: Plan) -> bool:
     if not sys.stdin.isatty():
         raise UbenchError(
@@ -287,7 +308,9 @@ def _confirm(the_plan: Plan) -> bool:
             "pass --auto-approve, or apply a plan saved with 'ubench plan -out FILE'"
         )
     answer = click.prompt(
-        "Do you want to perform these actions? Only 'yes' is accepted", default=""
+        "Do you want to perform these actions? Only 'yes' is accepted",
+        default="",
+        show_default=False,
     )
     return bool(answer == "yes")
 
@@ -457,9 +480,7 @@ def logs(
     """Print the log of a service (SERVICE or SERVICE[INDEX])."""
     workspace = _open(stack, state_path, variables)
     state = workspace.read_state()
-    address = service if service.startswith("service.") else f"service.{service}"
-    if not address.endswith("]"):
-        address += "[0]"
+    address = _address(service)
     resource = state.get(address) if state else None
     if resource is None or not resource.log:
         known = ", ".join(r.address for r in state.resources) if state else "(none)"
@@ -471,6 +492,12 @@ def logs(
     click.echo(read_log_tail(resource.log, lines))
     if follow:
         _follow(Path(resource.log))
+
+
+def _address(name: str) -> str:
+    """Expand ``web`` or ``web[1]`` to the address ``service.web[0]``."""
+    address = name if name.startswith("service.") else f"service.{name}"
+    return address if address.endswith("]") else f"{address}[0]"
 
 
 def _follow(path: Path) -> NoReturn:
@@ -508,7 +535,7 @@ def state_show(
 ) -> None:
     """Print one recorded resource as JSON."""
     state = _open(stack, state_path, variables).read_state()
-    resource = state.get(address) if state else None
+    resource = state.get(_address(address)) if state else None
     if resource is None:
         raise UbenchError(f"no resource {address} in the state; see: ubench state list")
     click.echo(resource.model_dump_json(indent=2))
@@ -577,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UbenchError as exc:
         if _Context.verbose:
             traceback.print_exc()
-        prefix = "" if isinstance(exc, StackError) else "error: "
+        prefix = "" if isinstance(exc, StackError | StackErrors) else "error: "
         click.echo(f"{prefix}{exc}", err=True)
         sys.exit(1)
     except SystemExit:

@@ -128,7 +128,11 @@ def _read_document(path: Path) -> Document:
         raise StackError(f"cannot read the file: {exc}", file=str(path)) from exc
     document = read_yaml(text, str(path))
     if not isinstance(document.data, dict):
-        raise document.error((), "the file must contain a YAML mapping", None)
+        raise document.error(
+            (),
+            "the file must contain a YAML mapping",
+            "start from the example in the README: name:, then services:",
+        )
     return document
 
 
@@ -176,8 +180,25 @@ def _schema_error(
         return document.error(
             path,
             _type_message(document, path, error),
-            description or _quote_fix(document, path),
+            "; ".join(
+                fix
+                for fix in (
+                    _quote_fix(document, path),
+                    _expected_fix(error, description),
+                )
+                if fix
+            ),
         )
+    if error.validator == "enum":
+        allowed_values = [str(choice) for choice in error.validator_value]  # type: ignore[union-attr]
+        choices = ", ".join(allowed_values)
+        close = difflib.get_close_matches(str(error.instance), allowed_values, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return document.error(
+            path, f"invalid value {error.instance!r}", f"{hint}use one of: {choices}"
+        )
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "minItems"):
+        return document.error(path, error.message, _expected_fix(error, description))
     if error.validator in ("anyOf", "oneOf"):
         return document.error(
             path,
@@ -222,6 +243,38 @@ def _type_message(
                 f"{expected} is expected here"
             )
     return f"expected {expected}, got {_json_type(error.instance)} {error.instance!r}"
+
+
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "nothing",
+}
+
+
+def _expected_fix(error: jsonschema.ValidationError, description: str | None) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    raw_kinds = schema.get("type", [])
+    kinds = (
+        [str(kind) for kind in raw_kinds]
+        if isinstance(raw_kinds, list)
+        else [str(raw_kinds)]
+    )
+    expected = " or ".join(_TYPE_WORDS.get(kind, kind) for kind in kinds)
+    expected = expected or "a valid value"
+    bounds = [
+        f"{word} {schema[key]}"
+        for key, word in (("minimum", "at least"), ("maximum", "at most"))
+        if key in schema
+    ]
+    fix = f"give {expected}" + (f" {' and '.join(bounds)}" if bounds else "")
+    if description:
+        fix += f" ({description.rstrip('.')})"
+    return fix
 
 
 def _quote_fix(document: Document, path: ValuePath) -> str | None:
@@ -459,7 +512,7 @@ def _dependency_order(services: Mapping[str, ServiceDefinition]) -> tuple[str, .
                 raise definition.error(
                     ("depends_on",),
                     f"unknown service '{dependency}' in depends_on",
-                    f"{hint}services: {', '.join(services)}",
+                    f"{hint}use one of: {', '.join(services)}",
                 )
         graph[name] = depends_on
     sorter = graphlib.TopologicalSorter(graph)

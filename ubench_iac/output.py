@@ -37,9 +37,10 @@ def format_plan(plan: Plan, *, show_scripts: bool = False) -> str:
         lines.append("")
     acted = [c for c in plan.changes if c.action is not Action.NO_OP]
     if not acted and not plan.output_changes:
+        count = len(plan.changes)
         lines.append(
             "No changes. The deployed services match the stack file "
-            f"({len(plan.changes)} resources)."
+            f"({count} resource{'' if count == 1 else 's'})."
         )
         return "\n".join(lines) + "\n"
     if acted:

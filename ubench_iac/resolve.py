@@ -107,12 +107,12 @@ class DependencyView:
     ports: Mapping[str, int]
     outputs: Mapping[str, str]
 
-    def as_context(self) -> dict[str, Any]:
+    def as_context(self, name: str = "") -> dict[str, Any]:
         return {
             "host": self.host,
             "port": self.port,
-            "ports": dict(self.ports),
-            "outputs": dict(self.outputs),
+            "ports": _Namespace(f"services.{name}.ports", self.ports),
+            "outputs": _Namespace(f"services.{name}.outputs", self.outputs),
         }
 
 
@@ -203,7 +203,7 @@ class Resolver:
             "services": _Namespace(
                 "services",
                 {
-                    name: _UnknownView() if view is None else view.as_context()
+                    name: _UnknownView() if view is None else view.as_context(name)
                     for name, view in dependencies.items()
                 },
             ),
@@ -428,6 +428,8 @@ def _undefined_fix(message: str) -> str:
         )
     if message.endswith("undefined in params"):
         return f"set params.{name} in the service or its recipe"
+    if ".outputs" in message:
+        return "use one of the outputs the dependency declares under outputs:"
     return _TEMPLATE_HELP
 
 
@@ -467,8 +469,15 @@ class _FieldRenderer:
         try:
             rendered = _jinja.from_string(value).render(self.context)
         except jinja2.TemplateSyntaxError as exc:
+            fix = "fix the syntax"
+            if "{#" in value:
+                fix = (
+                    "Jinja2 reads '{#' as the start of a comment, as in bash's "
+                    "${#VAR}: write {{ '{#' }} instead, or wrap the script in "
+                    "{% raw %}...{% endraw %}"
+                )
             raise self.definition.error(
-                path, f"invalid template {value!r}: {exc.message}", "fix the syntax"
+                path, f"invalid template {value!r}: {exc.message}", fix
             ) from None
         except (jinja2.UndefinedError, jinja2.exceptions.SecurityError) as exc:
             message = exc.message or str(exc)

@@ -43,6 +43,23 @@ class LocalTarget(BatchScriptTarget):
     def predict_host(self, resource: DesiredResource | None = None) -> str:
         return self.config.host or "127.0.0.1"
 
+    def check_ports(self, resource: DesiredResource) -> None:
+        """Fail before starting when a listening socket already holds a port."""
+        for name, port in resource.spec["ports"].items():
+            with socket.socket() as probe_socket:
+                # SO_REUSEADDR ignores connections left in TIME_WAIT by a service
+                # just stopped; only a listening socket makes bind fail.
+                probe_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe_socket.bind(("", port))
+                except OSError:
+                    raise TargetError(
+                        f"{resource.address}: port {name}={port} is already in use "
+                        "on this machine (another service, or another copy of "
+                        "this stack, listens on it): stop that process or give "
+                        "the service another port"
+                    ) from None
+
     def check_runtime(self, resource: DesiredResource) -> None:
         """Fail early when the runtime a service needs is not installed here."""
         tool = {"apptainer": "apptainer", "charliecloud": "ch-run"}.get(
@@ -64,6 +81,7 @@ class LocalTarget(BatchScriptTarget):
     def submit(self, submission: Submission) -> Handle:
         resource = submission.resource
         self.check_runtime(resource)
+        self.check_ports(resource)
         run_dir = resource.run_dir
         paths = self.write_job_files(submission)
         (run_dir / "status.json").unlink(missing_ok=True)
