@@ -49,6 +49,7 @@ def test_failed_service_skips_dependents_and_reports_log(
     assert "exited with status 3" in result.stderr
     assert "fatal: no GPU found" in result.stderr
     assert "service.dependent[0]: skipped" in result.stderr
+    assert f"Whole logs: ubench logs SERVICE -s {stack}" in result.stderr
     assert "Traceback" not in result.stderr
 
     state = read_state(workdir / "state" / "fail.json")

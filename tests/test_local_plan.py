@@ -199,6 +199,8 @@ services:
     assert "Run 'ubench plan --renew'" in listed.stdout
 
     renewed = ubench("plan", str(stack), "--renew", "--json")
+    expiring = json.loads(renewed.stdout)["ubench_expiring"]
+    assert list(expiring) == ["service.short[0]"]
     changes = json.loads(renewed.stdout)["resource_changes"]
     actions = {c["address"]: c["change"]["actions"] for c in changes}
     assert actions["service.short[0]"] == ["delete", "create"]

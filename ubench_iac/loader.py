@@ -160,11 +160,13 @@ def _schema_error(
     path: ValuePath = tuple(error.absolute_path)
     schema = error.schema if isinstance(error.schema, dict) else {}
     description = schema.get("description") or description
+
     if error.validator in ("anyOf", "oneOf") and error.context:
         # A union such as 'str | EnvValue': report the branch that got furthest.
         best = _deepest(error.context)
         if best is not None:
             return _schema_error(document, best, description)
+
     if error.validator == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
         instance = error.instance if isinstance(error.instance, dict) else {}
@@ -174,8 +176,10 @@ def _schema_error(
         hint = f"did you mean '{close[0]}'?" if close else ""
         fix = f"{hint} Known fields: {', '.join(allowed)}".strip()
         return document.error((*path, key), f"unknown field '{key}'", fix)
+
     if error.validator == "required":
         return document.error(path, error.message, "add the missing field")
+
     if error.validator == "type":
         return document.error(
             path,
@@ -189,6 +193,7 @@ def _schema_error(
                 if fix
             ),
         )
+
     if error.validator == "enum":
         allowed_values = [str(choice) for choice in error.validator_value]  # type: ignore[union-attr]
         choices = ", ".join(allowed_values)
@@ -197,14 +202,17 @@ def _schema_error(
         return document.error(
             path, f"invalid value {error.instance!r}", f"{hint}use one of: {choices}"
         )
+
     if error.validator in ("minimum", "maximum", "exclusiveMinimum", "minItems"):
         return document.error(path, error.message, _expected_fix(error, description))
+
     if error.validator in ("anyOf", "oneOf"):
         return document.error(
             path,
             f"invalid value {error.instance!r}",
             description or _quote_fix(document, path),
         )
+
     if error.validator == "pattern":
         return document.error(
             path,
@@ -481,7 +489,7 @@ def _check_service(definition: ServiceDefinition) -> None:
 
 
 def _floating_tag(image: str) -> bool:
-    """Whether a docker:// image names no tag, or the moving tag 'latest'."""
+    """Return whether a docker:// image has no tag, or the moving tag 'latest'."""
     if not image.startswith("docker://") or "@sha256:" in image:
         return False
     name = image.removeprefix("docker://").rsplit("/", 1)[-1]

@@ -210,6 +210,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             }
             for name, (before, after) in plan.output_changes.items()
         },
+        "ubench_expiring": dict(plan.expiring),
         "errored": False,
     }
 

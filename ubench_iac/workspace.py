@@ -173,6 +173,7 @@ class Workspace:
             raise ApplyError(
                 f"{len(report.failed)} of {len(report.results)} resources failed:\n"
                 + report.describe_failures()
+                + f"\nWhole logs: ubench logs SERVICE -s {self.loaded.path}"
             )
         return report
 
