@@ -287,17 +287,28 @@ class Applier:
         )
 
     def _wait_ended(self, handles: Sequence[Handle], timeout_s: float) -> bool:
-        """Poll all handles in one query per round until every one has ended."""
-        deadline = time.monotonic() + timeout_s
-        interval = self.options.poll_interval_s
-        while True:
-            observations = self.target.refresh(handles)
-            if all(o.status.is_terminal for o in observations):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(interval)
-            interval = min(interval * 1.5, self.options.max_poll_interval_s)
+        """Wait until every handle has ended, polling through the shared poller.
+
+        Stops that run in parallel threads (replacements) and health waits all
+        share the poller's one target query per round.
+        """
+        keys = [f"stopping {json.dumps(handle, sort_keys=True)}" for handle in handles]
+        for key, handle in zip(keys, handles, strict=True):
+            self.poller.watch(key, handle)
+        try:
+            deadline = time.monotonic() + timeout_s
+            interval = self.options.poll_interval_s
+            while True:
+                observations = [self.poller.observe(key) for key in keys]
+                if all(o is not None and o.status.is_terminal for o in observations):
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(interval)
+                interval = min(interval * 1.5, self.options.max_poll_interval_s)
+        finally:
+            for key in keys:
+                self.poller.unwatch(key)
 
     # Creations and updates -------------------------------------------------
 
