@@ -644,7 +644,7 @@ def test_observe_timeout_keeps_condition_message() -> None:
 
 _PATH = re.compile(
     r"^/(?P<group>api/v1|apis/batch/v1)/namespaces/(?P<namespace>[^/]+)/"
-    r"(?P<plural>jobs|pods|services|secrets)(?:/(?P<name>[^/]+))?$"
+    r"(?P<plural>jobs|pods|services|secrets)(?:/(?P<name>[^/]+))?(?P<log>/log)?$"
 )
 _KINDS = {"jobs": "Job", "pods": "Pod", "services": "Service", "secrets": "Secret"}
 
@@ -677,6 +677,7 @@ class FakeKubernetesApi:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.requests: list[Request] = []
         self.failures: list[tuple[str, str, int, str]] = []
+        self.pod_logs: dict[str, str] = {}
         self._lock = threading.Lock()
         self._serial = 0
         fake = self
@@ -740,6 +741,9 @@ class FakeKubernetesApi:
             self._send(handler, 404, _status(404, "NotFound", f"no route {url.path}"))
             return
         plural, namespace, name = match["plural"], match["namespace"], match["name"]
+        if match["log"]:
+            self._send_log(handler, namespace, name, query)
+            return
         with self._lock:
             self.requests.append(Request(method, plural, namespace, name, query, body))
             for failure in self.failures:
@@ -820,6 +824,28 @@ class FakeKubernetesApi:
             "spec": {"nodeName": "node-1"},
             "status": {"phase": "Running", "podIP": "10.0.0.9"},
         }
+
+    def _send_log(
+        self,
+        handler: http.server.BaseHTTPRequestHandler,
+        namespace: str,
+        pod: str,
+        query: dict[str, str],
+    ) -> None:
+        """Serve a pod log as the API server does: plain text, tail_lines kept."""
+        with self._lock:
+            self.requests.append(Request("GET", "log", namespace, pod, query, None))
+            if ("pods", namespace, pod) not in self.objects:
+                self._send(handler, 404, _status(404, "NotFound", "no such pod"))
+                return
+            lines = self.pod_logs.get(pod, "").splitlines(keepends=True)
+        tail = int(query.get("tailLines", len(lines)))
+        data = "".join(lines[len(lines) - tail :] if tail else []).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/plain")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
 
     def _send(
         self, handler: http.server.BaseHTTPRequestHandler, code: int, response: Any
@@ -1365,6 +1391,14 @@ def test_cli_apply_plan_destroy(
     outputs = ubench("output", "web.url", "-s", str(stack))
     assert planned.exit_code == 0, planned.output
     assert outputs.stdout.strip() == "http://e2e-web-0.bench.svc:8000"
+
+    fake.pod_logs["e2e-web-0-pod"] = "starting\nserving on 8000\nGET / 200\n"
+    logs = ubench("logs", "web", "-s", str(stack), "-n", "2")
+    assert logs.exit_code == 0, logs.output
+    assert logs.stdout == "serving on 8000\nGET / 200\n"
+    log_calls = [r for r in fake.requests if r.plural == "log"]
+    assert [r.query.get("tailLines") for r in log_calls] == ["2"]
+    assert [r.query.get("container") for r in log_calls] == ["service"]
 
     destroyed = ubench("destroy", str(stack), "--auto-approve")
     assert destroyed.exit_code == 0, destroyed.output

@@ -487,7 +487,7 @@ def logs(
         raise UbenchError(f"no deployed service {address}; deployed: {known}")
     remote = workspace.target.logs(resource.handle, lines) if resource.handle else None
     if remote is not None:
-        click.echo(remote)
+        click.echo(remote.rstrip("\n"))
         return
     click.echo(read_log_tail(resource.log, lines))
     if follow:

@@ -10,7 +10,7 @@ from typing import Any
 from loguru import logger
 
 from ubench_iac.errors import TargetError
-from ubench_iac.k8s.manifest import API_TIMEOUT_S, INSTALL_HINT
+from ubench_iac.k8s.manifest import API_TIMEOUT_S, CONTAINER_NAME, INSTALL_HINT
 from ubench_iac.k8s.observe import newest_pods
 
 
@@ -92,6 +92,30 @@ class KubernetesApi:
             raise TargetError(
                 f"kubernetes {verb} {what}: the API server sent invalid JSON: {exc}"
             ) from None
+
+    def read_log(self, namespace: str, pod: str, lines: int) -> str:
+        """Return the last ``lines`` lines of the service container's log."""
+        kubernetes = _import_kubernetes()
+        import urllib3
+
+        what = f"{namespace}/{pod}"
+        logger.debug("kubernetes read log {}", what)
+        try:
+            response = self._core.read_namespaced_pod_log(
+                pod,
+                namespace,
+                container=CONTAINER_NAME,
+                tail_lines=lines,
+                _preload_content=False,
+                _request_timeout=API_TIMEOUT_S,
+            )
+        except kubernetes.client.exceptions.ApiException as exc:
+            raise ApiError("read log", what, exc) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TargetError(
+                f"kubernetes read log {what}: cannot reach the API server: {exc}"
+            ) from None
+        return bytes(response.data).decode("utf-8", errors="replace")
 
     def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         result = self._call(

@@ -208,12 +208,13 @@ class KubernetesTarget(Target):
                 self.api.delete(kind, namespace, name)
 
     def logs(self, handle: Handle, lines: int) -> str | None:
-        # TODO: read the pod's log through the API (read_namespaced_pod_log);
-        # until then ubench names the kubectl command that prints it.
-        raise TargetError(
-            "ubench cannot read pod logs yet; run: kubectl logs "
-            f"job/{handle.get('job')} -n {handle.get('namespace')} --tail={lines}"
-        )
+        """Return the tail of the log of the Job's newest pod, from the API."""
+        namespace, job = _handle_target(handle)
+        selector = lineage_selector(handle.get("lineage"))
+        pod = Listings(self.api).pod(namespace, selector, job)
+        if pod is None:
+            raise TargetError(f"job {namespace}/{job} has no pod yet, so no log")
+        return self.api.read_log(namespace, str(pod["metadata"]["name"]), lines)
 
     def find(self, prefix: str) -> Mapping[str, Handle]:
         return self._find(prefix, Listings(self.api))
