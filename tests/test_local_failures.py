@@ -123,7 +123,7 @@ def test_apply_fails_at_once_when_locked(
     stack = write_stack("name: locked\nservices:\n" + _http_service("a", free_port()))
     lock_path = workdir / "state" / "locked.json.lock"
     holder = acquire_lock(lock_path, "apply")
-    # Pretend another live process on this host holds it: pid 1 always exists.
+    # Make the lock look held by a live process on this host: pid 1 always exists.
     data = json.loads(lock_path.read_text())
     data["pid"] = 1
     lock_path.write_text(json.dumps(data))

@@ -140,6 +140,7 @@ def test_rendered_values_never_escape_quoting(
     except UbenchError:
         # Template syntax in generated text is rejected cleanly; nothing to run.
         return
+
     paths = ScriptPaths(
         script=tmp_path / "job.sh",
         log=tmp_path / "log",

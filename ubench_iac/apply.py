@@ -2,8 +2,9 @@
 
 Deletions run first, dependents before their dependencies. Creations and
 replacements run in dependency order, independent resources in parallel. Each
-handle goes into the state file as soon as the target returns it, so a crash
-after submitting never loses track of a running service.
+resource is recorded with its token before it is submitted, and its handle as
+soon as the target returns it, so the next refresh finds a service that a crash
+left running.
 """
 
 from __future__ import annotations
@@ -583,8 +584,8 @@ class Applier:
     def _confirm_alive(self, record: ResourceState, detail: str) -> Observation:
         """Check that the service still runs after its health check passed.
 
-        Another process listening on the same port can answer the probe while
-        the service itself has already failed to bind it and exited.
+        Another process listening on the same port can pass the probe while the
+        service itself has already failed to bind the port and exited.
         """
         observation = self.poller.observe(record.address, fresh=True)
         if observation is None or observation.status.is_terminal:

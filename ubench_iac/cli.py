@@ -100,9 +100,9 @@ def _open(stack: str, state_path: str | None, variables: Sequence[str]) -> Works
 def cli(verbose: bool) -> None:
     """Deploy benchmark services declaratively: plan, apply, destroy.
 
-    A stack file (YAML) lists services; ubench runs each as a local process
-    group, a Slurm job or a Kubernetes workload, records them in a state file,
-    and keeps them matching the stack file.
+    A stack file (YAML) lists services. ubench runs each as a local process
+    group, a Slurm job or a Kubernetes workload, records it in a state file, and
+    keeps the deployment matching the stack file.
     """
     _Context.verbose = verbose
     _configure_logging(verbose)
@@ -291,7 +291,7 @@ def destroy(
 
 
 def _looks_like_plan_file(path: Path) -> bool:
-    """Whether a path that is no valid plan file was meant to be one."""
+    """Return whether a path that is not a valid plan file was meant to be one."""
     if path.suffix in (".plan", ".json", ".tfplan"):
         return True
     try:
@@ -381,6 +381,7 @@ def status(
     if state is None or not state.resources:
         click.echo("No services deployed.")
         return
+
     observations = workspace.refresh(state).observations
     rows = []
     for resource in state.resources:
@@ -403,9 +404,11 @@ def status(
                 "reason": observed.reason if observed else "",
             }
         )
+
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+
     columns = ["address", "status", "healthy", "endpoint", "age", "time_left"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))

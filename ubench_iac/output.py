@@ -35,6 +35,7 @@ def format_plan(plan: Plan, *, show_scripts: bool = False) -> str:
         for change in drift:
             lines.append(f"  # {change.address} {change.reason}")
         lines.append("")
+
     acted = [c for c in plan.changes if c.action is not Action.NO_OP]
     if not acted and not plan.output_changes:
         count = len(plan.changes)
@@ -43,12 +44,15 @@ def format_plan(plan: Plan, *, show_scripts: bool = False) -> str:
             f"({count} resource{'' if count == 1 else 's'})."
         )
         return "\n".join(lines) + "\n"
+
     if acted:
         lines.append("ubench will perform the following actions:")
         lines.append("")
+
     for change in acted:
         lines.extend(_format_change(change, show_scripts))
         lines.append("")
+
     if plan.output_changes:
         lines.append("Changes to outputs:")
         for name, (before, after) in plan.output_changes.items():
@@ -59,6 +63,7 @@ def format_plan(plan: Plan, *, show_scripts: bool = False) -> str:
             else:
                 lines.append(f"  ~ {name} = {before} -> {after}")
         lines.append("")
+
     lines.append(plan.summary())
     node_hours, gpu_hours, unlimited = plan.requested_hours()
     if node_hours or gpu_hours or unlimited:
@@ -66,6 +71,7 @@ def format_plan(plan: Plan, *, show_scripts: bool = False) -> str:
         if unlimited:
             cost += f" ({unlimited} services without a time limit not counted)"
         lines.append(cost + ".")
+
     return "\n".join(lines) + "\n"
 
 

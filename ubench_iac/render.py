@@ -29,7 +29,7 @@ _UNSAFE_DIRECTIVE = re.compile(r'["\n\r\x00]')
 
 @dataclasses.dataclass(frozen=True)
 class ScriptPaths:
-    """Where a rendered script will live and write, on the running node."""
+    """Paths of a rendered script and the files it writes, on the running node."""
 
     script: Path
     log: Path

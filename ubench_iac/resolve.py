@@ -148,8 +148,8 @@ def auto_port(stack: str, service: str, port_name: str) -> int:
 class Resolver:
     """Turn a loaded stack into desired resources, one service at a time.
 
-    ``run_root`` is the directory under which each resource gets its run
-    directory; ``secret_key`` keys the hashes stored for secret values;
+    Each resource gets its run directory under ``run_root``. ``secret_key``
+    keys the hashes stored for secret values, and
     ``environ`` supplies ``from_env`` values (default: this process's).
     """
 

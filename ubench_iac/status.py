@@ -12,7 +12,7 @@ class JobStatus(StrEnum):
     PENDING = "pending"
     """Accepted by the target and waiting for resources."""
     RUNNING = "running"
-    """Started; the service may or may not answer its health check yet."""
+    """Started, though its health check may not pass yet."""
     SUSPENDED = "suspended"
     """Paused by the scheduler (SUSPENDED, STOPPED); may resume."""
     STOPPING = "stopping"
@@ -56,7 +56,7 @@ _ACTIVE = frozenset(
 
 @dataclasses.dataclass(frozen=True)
 class Observation:
-    """What one refresh of a target found about one handle."""
+    """Result of one refresh of a target for one handle."""
 
     status: JobStatus
     host: str | None = None

@@ -1,9 +1,9 @@
 """Strict YAML reading that keeps the position of every value.
 
 PyYAML implements YAML 1.1, which silently turns some plain scalars into values a
-stack author did not mean: ``1:30:00`` becomes the integer 5400 (base 60),
-``yes``/``no``/``on``/``off`` become booleans, ``0755`` becomes 493 (octal), and a
-repeated key keeps only its last value. This reader rejects all of those with the
+stack author did not mean. ``1:30:00`` becomes the integer 5400 (base 60),
+``yes``/``no``/``on``/``off`` become booleans and ``0755`` becomes 493 (octal).
+A repeated key keeps only its last value. This reader rejects all of those with the
 line and the fix, and records where each value sits so that later errors can
 point at it too.
 """
@@ -182,10 +182,13 @@ class _Builder:
                 "remove the \\0 escape",
             )
             return None
+
         if tag == _TAG + "str" or node.style is not None:
             return text
+
         if tag == _TAG + "null":
             return None
+
         if tag == _TAG + "bool":
             if text.lower() in _TRUE_FALSE:
                 return _TRUE_FALSE[text.lower()]
@@ -197,6 +200,7 @@ class _Builder:
                 f"write true or false, or quote it ('{text}') for a string",
             )
             return None
+
         if tag in (_TAG + "int", _TAG + "float") and ":" in text:
             seconds = yaml.safe_load(text)
             self._fail(
@@ -207,6 +211,7 @@ class _Builder:
                 f"quote it: '{text}'",
             )
             return None
+
         if tag == _TAG + "int":
             if not _DECIMAL_INT.match(text):
                 value = yaml.safe_load(text)
@@ -219,11 +224,14 @@ class _Builder:
                 )
                 return None
             return int(text)
+
         if tag == _TAG + "float":
             return float(yaml.safe_load(text))
+
         if tag == _TAG + "timestamp":
             # A date such as an image tag 2024-01-01: keep the text, as YAML 1.2.
             return text
+
         self._fail(line, node, path, f"unsupported YAML tag {tag}", "remove the tag")
         return None
 

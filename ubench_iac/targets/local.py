@@ -44,7 +44,7 @@ class LocalTarget(BatchScriptTarget):
         return self.config.host or "127.0.0.1"
 
     def check_ports(self, resource: DesiredResource) -> None:
-        """Fail before starting when a listening socket already holds a port."""
+        """Raise TargetError when a listening socket already uses a port."""
         for name, port in resource.spec["ports"].items():
             with socket.socket() as probe_socket:
                 # SO_REUSEADDR ignores connections left in TIME_WAIT by a service
